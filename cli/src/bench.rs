@@ -1,0 +1,159 @@
+//! `a3d bench`: median timings of an operator next to the time of copying its input once
+//! (read + write of the same bytes), measured in the same run on the same threads. The copy is
+//! the hardware limit of a memory-bound pass: `ratio_to_copy` says how far from it we are.
+
+use a3d::fusion::{self, FusionDims};
+use a3d::{DType, Tensor};
+use rayon::prelude::*;
+use std::time::Instant;
+
+/// The default shapes of `a3d bench fusion`.
+pub const DEFAULT_SHAPES: [[usize; 5]; 3] = [
+    [1, 128, 7, 128, 128],
+    [1, 256, 3, 128, 128],
+    [2, 64, 7, 64, 64],
+];
+
+/// One timed pass.
+pub struct Row {
+    pub op: &'static str,
+    pub pass: &'static str,
+    pub device: String,
+    pub dtype: DType,
+    pub shape: [usize; 5],
+    pub threads: usize,
+    pub median_ms: f64,
+    pub copy_ms: f64,
+    /// Bytes the pass must move at the least (read inputs once, write outputs once).
+    pub bytes: usize,
+}
+
+impl Row {
+    pub fn ratio_to_copy(&self) -> f64 {
+        self.median_ms / self.copy_ms
+    }
+
+    fn gbps(&self) -> f64 {
+        self.bytes as f64 / (self.median_ms * 1e-3) / 1e9
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "op": self.op,
+            "pass": self.pass,
+            "device": self.device,
+            "dtype": self.dtype.as_str(),
+            "shape": self.shape,
+            "threads": self.threads,
+            "median_ms": self.median_ms,
+            "copy_ms": self.copy_ms,
+            "ratio_to_copy": self.ratio_to_copy(),
+            "min_bytes": self.bytes,
+            "gb_per_s": self.gbps(),
+        })
+        .to_string()
+    }
+
+    pub fn to_table_line(&self) -> String {
+        let s = self.shape;
+        format!(
+            "{:<7} {:<9} {:<5} {:<5} {:<20} {:>10.3} {:>10.3} {:>8.2} {:>8.1}",
+            self.op,
+            self.pass,
+            self.device,
+            self.dtype.as_str(),
+            format!("[{},{},{},{},{}]", s[0], s[1], s[2], s[3], s[4]),
+            self.median_ms,
+            self.copy_ms,
+            self.ratio_to_copy(),
+            self.gbps()
+        )
+    }
+}
+
+pub fn print_header(threads: usize) {
+    println!("threads: {threads}; median of the timed runs; copy = read + write of x's bytes once");
+    println!(
+        "{:<7} {:<9} {:<5} {:<5} {:<20} {:>10} {:>10} {:>8} {:>8}",
+        "op", "pass", "dev", "dtype", "shape", "median_ms", "copy_ms", "x copy", "GB/s"
+    );
+}
+
+/// Median wall time in milliseconds of `f` over `runs` runs, after two warm-up runs.
+pub fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    f();
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// Time to copy `bytes` bytes once between two preallocated buffers: the faster of one
+/// `memcpy` and a copy split over the current rayon pool.
+pub fn copy_ms(bytes: usize, runs: usize) -> f64 {
+    let src: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
+    let mut dst = vec![0u8; bytes];
+    let single = median_ms(runs, || dst.copy_from_slice(&src));
+    let block = (bytes / (4 * rayon::current_num_threads())).clamp(1 << 16, 1 << 22);
+    let parallel = median_ms(runs, || {
+        dst.par_chunks_mut(block)
+            .zip(src.par_chunks(block))
+            .for_each(|(d, s)| d.copy_from_slice(s))
+    });
+    std::hint::black_box(&dst);
+    single.min(parallel)
+}
+
+/// Forward and backward (dx + dw) of fusion on the CPU, outputs preallocated (as for the copy).
+pub fn fusion_cpu(shape: [usize; 5], dtype: DType, runs: usize) -> Result<Vec<Row>, String> {
+    let dims = FusionDims::from_input_shape(&shape).map_err(|e| e.to_string())?;
+    let mut rng = a3d::rng::SplitMix64::new(0x5eed);
+    let x = Tensor::from_f32(&rng.vec_f32(dims.len(), -1.0, 1.0), &shape, dtype)
+        .map_err(|e| e.to_string())?;
+    let dy = Tensor::from_f32(&rng.vec_f32(dims.len(), -1.0, 1.0), &shape, dtype)
+        .map_err(|e| e.to_string())?;
+    let w = fusion::init_weights(shape[2], shape[1], 7)
+        .map_err(|e| e.to_string())?
+        .to_dtype(dtype);
+    let mut y = Tensor::zeros(&shape, dtype).map_err(|e| e.to_string())?;
+    let mut dx = Tensor::zeros(&shape, dtype).map_err(|e| e.to_string())?;
+    let mut dw = Tensor::zeros(w.shape(), dtype).map_err(|e| e.to_string())?;
+
+    let x_bytes = x.size_in_bytes();
+    let copy = copy_ms(x_bytes, runs);
+    let mut err = None;
+    let fwd = median_ms(runs, || {
+        if let Err(e) = fusion::forward_into(&x, &w, &mut y) {
+            err = Some(e);
+        }
+    });
+    let bwd = median_ms(runs, || {
+        if let Err(e) = fusion::backward_into(&x, &w, &dy, Some(&mut dx), Some(&mut dw)) {
+            err = Some(e);
+        }
+    });
+    if let Some(e) = err {
+        return Err(e.to_string());
+    }
+    let row = |pass, median_ms, bytes| Row {
+        op: "fusion",
+        pass,
+        device: "cpu".into(),
+        dtype,
+        shape,
+        threads: rayon::current_num_threads(),
+        median_ms,
+        copy_ms: copy,
+        bytes,
+    };
+    Ok(vec![
+        row("forward", fwd, 2 * x_bytes),
+        row("backward", bwd, 3 * x_bytes),
+    ])
+}

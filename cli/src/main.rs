@@ -1,0 +1,177 @@
+//! `a3d`: benchmarks and self-tests of the A3D operators.
+//!
+//! ```text
+//! a3d bench fusion --device cpu --dtype f32 --shape 1,128,7,128,128 [--json]
+//! a3d selftest [--device cpu]
+//! ```
+
+mod bench;
+
+use a3d::selftest::{self, FusionBackend};
+use a3d::DType;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "a3d",
+    version,
+    about = "A3D depth fusion: benchmarks and self-tests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Time an operator against a copy of the same bytes measured in the same run.
+    Bench(BenchArgs),
+    /// Check every available backend against a float64 reference on fresh random inputs.
+    Selftest {
+        /// Backend to check (`all`: every one available in this build and machine).
+        #[arg(long, default_value = "all")]
+        device: DeviceArg,
+        /// Seed of the random inputs (default: from the clock, so every run sees fresh data).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Operator to time.
+    #[arg(value_enum, default_value = "fusion")]
+    op: BenchOp,
+    /// Where to run.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceArg,
+    /// Storage dtype(s): f32, f16, bf16, a comma list, or `all`.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Input shape `B,C,D,H,W` (repeatable); default: the standard set.
+    #[arg(long, value_parser = parse_shape)]
+    shape: Vec<[usize; 5]>,
+    /// Timed repetitions per pass (the median is reported).
+    #[arg(long, default_value_t = 15)]
+    runs: usize,
+    /// Threads (default: rayon's choice, one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// One JSON object per line and pass instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchOp {
+    /// A3D depth fusion: forward and backward (dx + dw).
+    Fusion,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    /// Every backend available here.
+    All,
+    /// The multi-threaded CPU path.
+    Cpu,
+}
+
+fn parse_shape(s: &str) -> Result<[usize; 5], String> {
+    let dims: Vec<usize> = s
+        .split(',')
+        .map(|v| v.trim().parse::<usize>().map_err(|e| format!("`{v}`: {e}")))
+        .collect::<Result<_, _>>()?;
+    dims.try_into()
+        .map_err(|d: Vec<usize>| format!("shape needs 5 dimensions B,C,D,H,W, got {}", d.len()))
+}
+
+fn parse_dtypes(s: &str) -> Result<Vec<DType>, String> {
+    if s == "all" {
+        return Ok(DType::ALL.to_vec());
+    }
+    s.split(',').map(|v| v.trim().parse()).collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bench(args) => match run_bench(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("a3d bench: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Selftest { device, seed } => run_selftest(device, seed),
+    }
+}
+
+fn run_bench(args: &BenchArgs) -> Result<(), String> {
+    let dtypes = parse_dtypes(&args.dtype)?;
+    let shapes = if args.shape.is_empty() {
+        bench::DEFAULT_SHAPES.to_vec()
+    } else {
+        args.shape.clone()
+    };
+    if args.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    let pool = {
+        let mut b = rayon::ThreadPoolBuilder::new();
+        if let Some(n) = args.threads {
+            b = b.num_threads(n);
+        }
+        b.build().map_err(|e| e.to_string())?
+    };
+    let BenchOp::Fusion = args.op;
+    if !args.json {
+        bench::print_header(pool.current_num_threads());
+    }
+    for shape in &shapes {
+        for &dtype in &dtypes {
+            let rows = pool.install(|| bench::fusion_cpu(*shape, dtype, args.runs))?;
+            for row in rows {
+                if args.json {
+                    println!("{}", row.to_json());
+                } else {
+                    println!("{}", row.to_table_line());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn backends(device: DeviceArg) -> Vec<Box<dyn FusionBackend>> {
+    match device {
+        DeviceArg::All | DeviceArg::Cpu => vec![Box::new(selftest::Cpu)],
+    }
+}
+
+fn run_selftest(device: DeviceArg, seed: Option<u64>) -> ExitCode {
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    println!("a3d selftest (seed {seed})");
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for backend in backends(device) {
+        for check in selftest::run_fusion(backend.as_ref(), seed) {
+            println!("{check}");
+            if check.passed() {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,250 @@
+//! Storage dtypes and the element trait that converts them to and from f32 in bulk.
+
+use half::{bf16, f16, slice::HalfFloatSliceExt};
+use std::fmt;
+
+/// Storage type of a tensor. Arithmetic always happens in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16 (8-bit exponent, 7-bit mantissa).
+    BF16,
+}
+
+impl DType {
+    /// All dtypes, in the order reports list them.
+    pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+    /// Bytes per element.
+    pub const fn size_in_bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// Short lowercase name (`f32`, `f16`, `bf16`), as used by the CLI and kernel names.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "float" => Ok(DType::F32),
+            "f16" | "float16" | "half" => Ok(DType::F16),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            other => Err(format!(
+                "unknown dtype `{other}` (expected f32, f16 or bf16)"
+            )),
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// An element type a3d stores: `f32`, `half::f16` or `half::bf16`.
+///
+/// The slice conversions are the hot path of the half-precision kernels: they are written so
+/// the compiler vectorises them (and `half` uses F16C where the CPU has it).
+pub trait Element: sealed::Sealed + Copy + Send + Sync + PartialEq + fmt::Debug + 'static {
+    /// The dtype tag of this type.
+    const DTYPE: DType;
+    /// Widen one value.
+    fn to_f32(self) -> f32;
+    /// Round one value to this type (round to nearest even).
+    fn from_f32(v: f32) -> Self;
+    /// Widen `src` into `dst` (equal lengths).
+    fn load_f32(src: &[Self], dst: &mut [f32]);
+    /// Round `src` into `dst` (equal lengths).
+    fn store_f32(src: &[f32], dst: &mut [Self]);
+    /// The slice itself when `Self` is `f32` (lets kernels skip a staging copy).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    /// The slice itself when `Self` is `f32`.
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn load_f32(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn store_f32(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    #[inline(always)]
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
+}
+
+impl Element for f16 {
+    const DTYPE: DType = DType::F16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    #[inline(always)]
+    fn load_f32(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    #[inline(always)]
+    fn store_f32(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+    #[inline(always)]
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    #[inline(always)]
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+}
+
+/// f32 -> bf16 bits, round to nearest even, NaN kept quiet. Branch-free so loops vectorise;
+/// bit-identical to `half::bf16::from_f32`.
+#[inline(always)]
+pub(crate) fn f32_to_bf16_bits(v: f32) -> u16 {
+    let b = v.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let quiet_nan = (b >> 16) | 0x0040;
+    let is_nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    (if is_nan { quiet_nan } else { rounded }) as u16
+}
+
+impl Element for bf16 {
+    const DTYPE: DType = DType::BF16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        bf16::from_bits(f32_to_bf16_bits(v))
+    }
+    #[inline(always)]
+    fn load_f32(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits((s.to_bits() as u32) << 16);
+        }
+    }
+    #[inline(always)]
+    fn store_f32(src: &[f32], dst: &mut [Self]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = bf16::from_bits(f32_to_bf16_bits(*s));
+        }
+    }
+    #[inline(always)]
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    #[inline(always)]
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounding_matches_half() {
+        let specials = [
+            0.0f32,
+            -0.0,
+            1.0,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0x3f80_8000), // tie, even below
+            f32::from_bits(0x3f81_8000), // tie, odd below
+            f32::from_bits(0x7f7f_ffff),
+        ];
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let randoms = (0..100_000).map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            f32::from_bits((state >> 32) as u32)
+        });
+        for v in specials.into_iter().chain(randoms) {
+            assert_eq!(
+                f32_to_bf16_bits(v),
+                bf16::from_f32(v).to_bits(),
+                "value {v:e} ({:#x})",
+                v.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn slice_conversions_round_trip() {
+        let src: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.37).collect();
+        let mut h = vec![f16::ZERO; src.len()];
+        let mut b = vec![bf16::ZERO; src.len()];
+        f16::store_f32(&src, &mut h);
+        bf16::store_f32(&src, &mut b);
+        let mut back = vec![0.0f32; src.len()];
+        f16::load_f32(&h, &mut back);
+        for (x, y) in src.iter().zip(&back) {
+            assert!((x - y).abs() <= x.abs() * 1e-3);
+        }
+        bf16::load_f32(&b, &mut back);
+        for (x, y) in src.iter().zip(&back) {
+            assert!((x - y).abs() <= x.abs() * 8e-3);
+        }
+    }
+
+    #[test]
+    fn dtype_names_parse() {
+        for dt in DType::ALL {
+            assert_eq!(dt.as_str().parse::<DType>(), Ok(dt));
+        }
+        assert!("f64".parse::<DType>().is_err());
+    }
+}
