@@ -1,6 +1,6 @@
 //! Storage dtypes and the element trait that converts them to and from f32 in bulk.
 
-use half::{bf16, f16, slice::HalfFloatSliceExt};
+use half::{bf16, f16};
 use std::fmt;
 
 /// Storage type of a tensor. Arithmetic always happens in f32.
@@ -124,11 +124,15 @@ impl Element for f16 {
     }
     #[inline(always)]
     fn load_f32(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f16_bits_to_f32(s.to_bits());
+        }
     }
     #[inline(always)]
     fn store_f32(src: &[f32], dst: &mut [Self]) {
-        dst.convert_from_f32_slice(src);
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f16::from_bits(f32_to_f16_bits(*s));
+        }
     }
     #[inline(always)]
     fn as_f32(_: &[Self]) -> Option<&[f32]> {
@@ -138,6 +142,54 @@ impl Element for f16 {
     fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
         None
     }
+}
+
+/// f16 bits -> f32, exact for every input (normals, subnormals, infinities; NaN made quiet).
+/// Branch-free so loops vectorise; bit-identical to `half::f16::to_f32`.
+#[inline(always)]
+pub(crate) fn f16_bits_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let sign = (h & 0x8000) << 16;
+    let magnitude = (h & 0x7fff) << 13;
+    // Rebias by multiplying with 2^112: exact for normals and subnormals alike.
+    let scaled = (f32::from_bits(magnitude) * f32::from_bits(0x7780_0000)).to_bits();
+    let quiet = if h & 0x03ff != 0 { 0x0040_0000 } else { 0 };
+    let inf_nan = magnitude | 0x7f80_0000 | quiet;
+    let bits = if (h & 0x7c00) == 0x7c00 {
+        inf_nan
+    } else {
+        scaled
+    };
+    f32::from_bits(bits | sign)
+}
+
+/// f32 -> f16 bits, round to nearest even, overflow to infinity, NaN kept quiet with its top
+/// payload bits. Branch-free so loops vectorise; bit-identical to `half::f16::from_f32`.
+#[inline(always)]
+pub(crate) fn f32_to_f16_bits(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let sign = (bits >> 16) & 0x8000;
+    let a = bits & 0x7fff_ffff;
+    // >= 65520 rounds to infinity; NaN keeps its payload's top bits and is made quiet.
+    let nan = 0x7e00 | ((a >> 13) & 0x3ff);
+    let big = if a > 0x7f80_0000 { nan } else { 0x7c00 };
+    // Below 2^-14 the result is subnormal: adding 0.5 aligns the mantissa so the FPU's own
+    // round-to-nearest-even does the rounding.
+    let denorm_magic = 0x3f00_0000u32;
+    let small = (f32::from_bits(a) + f32::from_bits(denorm_magic))
+        .to_bits()
+        .wrapping_sub(denorm_magic);
+    // Normal range: rebias the exponent and round to nearest even on the dropped 13 bits.
+    let odd = (a >> 13) & 1;
+    let normal = a.wrapping_add(0xc800_0fff).wrapping_add(odd) >> 13;
+    let out = if a >= 0x477f_f000 {
+        big
+    } else if a < 0x3880_0000 {
+        small
+    } else {
+        normal
+    };
+    (out | sign) as u16
 }
 
 /// f32 -> bf16 bits, round to nearest even, NaN kept quiet. Branch-free so loops vectorise;
@@ -217,6 +269,59 @@ mod tests {
                 f32_to_bf16_bits(v),
                 bf16::from_f32(v).to_bits(),
                 "value {v:e} ({:#x})",
+                v.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn f16_conversions_match_half_bitwise() {
+        for h in 0..=u16::MAX {
+            let want = f16::from_bits(h).to_f32();
+            let got = f16_bits_to_f32(h);
+            assert!(
+                got.to_bits() == want.to_bits(),
+                "f16 {h:#06x}: {got:e} vs {want:e}"
+            );
+        }
+        let mut state = 0x0bad_5eedu64;
+        let edges = [
+            0.0f32,
+            -0.0,
+            65504.0,
+            65519.99,
+            65520.0,
+            1e9,
+            -1e9,
+            6.1035156e-5,
+            6.097555e-5,
+            5.9604645e-8,
+            2.9802322e-8,
+            2.9802326e-8,
+            1e-10,
+            f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0x7fc1_2345),
+        ];
+        let randoms = (0..200_000).map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            f32::from_bits((state >> 32) as u32)
+        });
+        // Every f16 value and every midpoint between neighbours (the rounding ties).
+        let ties = (0..0x7c00u16).flat_map(|h| {
+            let a = f16::from_bits(h).to_f32() as f64;
+            let b = f16::from_bits(h + 1).to_f32() as f64;
+            [a as f32, ((a + b) / 2.0) as f32, -(((a + b) / 2.0) as f32)]
+        });
+        for v in edges.into_iter().chain(randoms).chain(ties) {
+            assert_eq!(
+                f32_to_f16_bits(v),
+                f16::from_f32(v).to_bits(),
+                "f32 {v:e} ({:#010x})",
                 v.to_bits()
             );
         }

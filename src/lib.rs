@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cpu;
 mod dtype;
 mod error;
 pub mod ops;
@@ -40,3 +41,8 @@ pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use ops::fusion;
 pub use tensor::Tensor;
+
+/// The README's Rust example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

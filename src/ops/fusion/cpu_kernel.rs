@@ -12,6 +12,7 @@
 //! same body with a constant depth.
 
 use super::FusionDims;
+use crate::cpu::{active_isa, Isa};
 use crate::Element;
 use rayon::prelude::*;
 
@@ -49,100 +50,228 @@ impl MulAdd for Separate {
     }
 }
 
-/// `dst[o][dst_off + p] = sum_i coef[o * depth + i] * src[i][src_off + p]` for `p < n`.
+/// One `LANES`-wide block of every row: `[row][lane]`.
+type Lanes = [f32; LANES];
+
+/// `depth` lane blocks: a register-sized local array for a constant depth, a heap buffer for
+/// the general path.
 #[inline(always)]
-fn mix_rows<F: MulAdd, S: AsRef<[f32]>, M: AsMut<[f32]>>(
+fn lane_blocks<const D: usize>(depth: usize) -> ([Lanes; D], Vec<Lanes>) {
+    let heap = if D == 0 {
+        vec![[0.0; LANES]; depth]
+    } else {
+        Vec::new()
+    };
+    ([[0.0; LANES]; D], heap)
+}
+
+/// `out[o][p] = sum_i coef[o * depth + i] * src[i][p]` for every pixel `p` of the tile
+/// (`src` rows all have the tile's length; `out` rows are at least that long).
+#[inline(always)]
+fn mix_rows<F: MulAdd, const D: usize>(
     depth: usize,
     coef: &[f32],
-    src: &[S],
-    src_off: usize,
-    dst: &mut [M],
-    dst_off: usize,
-    n: usize,
+    src: &[&[f32]],
+    out: &mut [Vec<f32>],
 ) {
     let coef = &coef[..depth * depth];
-    let (src, dst) = (&src[..depth], &mut dst[..depth]);
+    let (src, out) = (&src[..depth], &mut out[..depth]);
+    let n = src.first().map_or(0, |r| r.len());
     let full = n / LANES * LANES;
+    let (mut block_arr, mut block_vec) = lane_blocks::<D>(depth);
+    let block: &mut [Lanes] = if D > 0 {
+        &mut block_arr
+    } else {
+        &mut block_vec
+    };
     let mut p = 0;
     while p < full {
-        for (o, out) in dst.iter_mut().enumerate() {
+        for (b, row) in block.iter_mut().zip(src) {
+            b.copy_from_slice(&row[p..p + LANES]);
+        }
+        for (o, row) in out.iter_mut().enumerate() {
             let mut acc = [0.0f32; LANES];
-            for (i, row) in src.iter().enumerate() {
+            for (i, b) in block.iter().enumerate() {
                 let c = coef[o * depth + i];
-                let s = &row.as_ref()[src_off + p..][..LANES];
                 for l in 0..LANES {
-                    acc[l] = F::mul_add(c, s[l], acc[l]);
+                    acc[l] = F::mul_add(c, b[l], acc[l]);
                 }
             }
-            out.as_mut()[dst_off + p..][..LANES].copy_from_slice(&acc);
+            row[p..p + LANES].copy_from_slice(&acc);
         }
         p += LANES;
     }
     for p in full..n {
-        for (o, out) in dst.iter_mut().enumerate() {
+        for (o, row) in out.iter_mut().enumerate() {
             let mut acc = 0.0f32;
-            for (i, row) in src.iter().enumerate() {
-                acc = F::mul_add(coef[o * depth + i], row.as_ref()[src_off + p], acc);
+            for (i, s) in src.iter().enumerate() {
+                acc = F::mul_add(coef[o * depth + i], s[p], acc);
             }
-            out.as_mut()[dst_off + p] = acc;
+            row[p] = acc;
         }
     }
 }
 
-/// Lane accumulators of `dw` for one item: `[d * depth + k][lane]`.
-type DwLanes = [f32; LANES];
-
-/// `acc[d * depth + k][p % LANES] += x[d][p] * dy[k][p]` over the `n` pixels: a fixed order,
-/// whatever thread runs it. With a constant depth `D` the `depth` accumulators of one `d` row
-/// live in registers for the whole pixel loop.
+/// `acc[d * depth + k][p % LANES] += x[d][p] * dy[k][p]` over the tile's pixels: a fixed order,
+/// whatever thread runs it. With a constant depth the accumulators of one `d` row stay in
+/// registers for the whole pixel loop.
 #[inline(always)]
-fn accumulate_dw<F: MulAdd, const D: usize, S: AsRef<[f32]>>(
+fn accumulate_dw<F: MulAdd, const D: usize>(
     depth: usize,
-    x: &[S],
-    x_off: usize,
-    dy: &[S],
-    dy_off: usize,
-    n: usize,
-    acc: &mut [DwLanes],
+    x: &[&[f32]],
+    dy: &[&[f32]],
+    acc: &mut [Lanes],
 ) {
-    let dy: Vec<&[f32]> = dy[..depth]
-        .iter()
-        .map(|r| &r.as_ref()[dy_off..dy_off + n])
-        .collect();
-    for (d, xr) in x[..depth].iter().enumerate() {
-        let xr = &xr.as_ref()[x_off..x_off + n];
-        let row = &mut acc[d * depth..(d + 1) * depth];
-        if D > 0 {
-            let mut local = [[0.0f32; LANES]; D];
-            local.copy_from_slice(row);
-            accumulate_dw_row::<F>(xr, &dy, &mut local);
-            row.copy_from_slice(&local);
+    let dy = &dy[..depth];
+    let (mut local_arr, mut local_vec) = lane_blocks::<D>(depth);
+    let local: &mut [Lanes] = if D > 0 {
+        &mut local_arr
+    } else {
+        &mut local_vec
+    };
+    for (xr, row) in x[..depth].iter().zip(acc.chunks_exact_mut(depth)) {
+        local.copy_from_slice(row);
+        let n = xr.len();
+        let full = n / LANES * LANES;
+        let mut p = 0;
+        while p < full {
+            let xv = &xr[p..p + LANES];
+            for (a, yr) in local.iter_mut().zip(dy) {
+                let yv = &yr[p..p + LANES];
+                for l in 0..LANES {
+                    a[l] = F::mul_add(xv[l], yv[l], a[l]);
+                }
+            }
+            p += LANES;
+        }
+        for (l, p) in (full..n).enumerate() {
+            for (a, yr) in local.iter_mut().zip(dy) {
+                a[l] = F::mul_add(xr[p], yr[p], a[l]);
+            }
+        }
+        row.copy_from_slice(local);
+    }
+}
+
+/// Row references of one tile without a heap allocation for depth <= 16.
+// Deliberately inline: boxing the array would reintroduce the per-tile allocation it avoids.
+#[allow(clippy::large_enum_variant)]
+enum TileRows<'a> {
+    Inline([&'a [f32]; 16], usize),
+    Heap(Vec<&'a [f32]>),
+}
+
+impl<'a> TileRows<'a> {
+    fn collect(depth: usize, mut row: impl FnMut(usize) -> &'a [f32]) -> TileRows<'a> {
+        if depth <= 16 {
+            let mut r: [&[f32]; 16] = [&[]; 16];
+            for (d, slot) in r.iter_mut().enumerate().take(depth) {
+                *slot = row(d);
+            }
+            TileRows::Inline(r, depth)
         } else {
-            accumulate_dw_row::<F>(xr, &dy, row);
+            TileRows::Heap((0..depth).map(row).collect())
         }
     }
 }
 
+impl<'a> std::ops::Deref for TileRows<'a> {
+    type Target = [&'a [f32]];
+    fn deref(&self) -> &Self::Target {
+        match self {
+            TileRows::Inline(r, n) => &r[..*n],
+            TileRows::Heap(v) => v,
+        }
+    }
+}
+
+/// The f32 rows of pixels `p..p + m` of `rows`: the rows themselves for f32 storage, else
+/// widened into `stage` (which stays in L1).
 #[inline(always)]
-fn accumulate_dw_row<F: MulAdd>(xr: &[f32], dy: &[&[f32]], row: &mut [DwLanes]) {
-    let n = xr.len();
-    let full = n / LANES * LANES;
-    let mut p = 0;
-    while p < full {
-        let xv = &xr[p..p + LANES];
-        for (a, yr) in row.iter_mut().zip(dy) {
-            let yv = &yr[p..p + LANES];
-            for l in 0..LANES {
-                a[l] = F::mul_add(xv[l], yv[l], a[l]);
+fn tile_rows<'a, T: Element>(
+    rows: &[&'a [T]],
+    p: usize,
+    m: usize,
+    stage: &'a mut [Vec<f32>],
+) -> TileRows<'a> {
+    if T::DTYPE == crate::DType::F32 {
+        TileRows::collect(rows.len(), |d| T::as_f32(&rows[d][p..p + m]).unwrap_or(&[]))
+    } else {
+        for (st, row) in stage.iter_mut().zip(rows) {
+            T::load_f32(&row[p..p + m], &mut st[..m]);
+        }
+        let stage: &'a [Vec<f32>] = stage;
+        TileRows::collect(rows.len(), |d| &stage[d][..m])
+    }
+}
+
+/// Writes f32 tile rows to output rows of `T`, with non-temporal stores for large outputs: the
+/// output is not read again by this pass, and a streaming store skips the read-for-ownership
+/// that a plain store to a cold line costs (a third of a memory-bound pass's traffic).
+struct RowWriter<T> {
+    stream: bool,
+    scratch: Vec<T>,
+}
+
+impl<T: Element> RowWriter<T> {
+    fn new(stream: bool, tile: usize) -> RowWriter<T> {
+        let scratch = if stream {
+            vec![T::from_f32(0.0); tile]
+        } else {
+            Vec::new()
+        };
+        RowWriter { stream, scratch }
+    }
+
+    #[inline(always)]
+    fn write(&mut self, src: &[f32], dst: &mut [T]) {
+        if self.stream {
+            let staged = &mut self.scratch[..src.len()];
+            T::store_f32(src, staged);
+            stream_copy(dst, staged);
+        } else {
+            T::store_f32(src, dst);
+        }
+    }
+
+    /// Orders the streaming stores before anything that follows (they are weakly ordered).
+    fn finish(&self) {
+        #[cfg(target_arch = "x86_64")]
+        if self.stream {
+            // SAFETY: `sfence` has no memory operands; SSE is part of the x86-64 baseline.
+            unsafe { std::arch::x86_64::_mm_sfence() };
+        }
+    }
+}
+
+/// Outputs at least this large are written with non-temporal stores.
+const STREAM_BYTES: usize = 16 << 20;
+
+/// `dst.copy_from_slice(src)` with 16-byte non-temporal stores for the aligned middle.
+#[inline(always)]
+fn stream_copy<T: Element>(dst: &mut [T], src: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    if dst.len() == src.len() {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+        let bytes = std::mem::size_of_val(src);
+        let (d, s) = (dst.as_mut_ptr().cast::<u8>(), src.as_ptr().cast::<u8>());
+        let head = d.align_offset(16).min(bytes);
+        // SAFETY: `dst` and `src` are distinct slices of `bytes` bytes of plain-old-data
+        // (f32/f16/bf16, no invalid bit patterns); every access below is within `bytes`; the
+        // stores to `d + i` are 16-byte aligned (`head` aligns them); SSE2 is x86-64 baseline.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s, d, head);
+            let mut i = head;
+            while i + 16 <= bytes {
+                let v = _mm_loadu_si128(s.add(i).cast::<__m128i>());
+                _mm_stream_si128(d.add(i).cast::<__m128i>(), v);
+                i += 16;
             }
+            std::ptr::copy_nonoverlapping(s.add(i), d.add(i), bytes - i);
         }
-        p += LANES;
+        return;
     }
-    for (l, p) in (full..n).enumerate() {
-        for (a, yr) in row.iter_mut().zip(dy) {
-            a[l] = F::mul_add(xr[p], yr[p], a[l]);
-        }
-    }
+    dst.copy_from_slice(src);
 }
 
 /// A raw output pointer shared by the items of one launch.
@@ -257,39 +386,11 @@ macro_rules! by_depth {
     };
 }
 
-/// Instruction-set tier of this CPU, detected once.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    Baseline,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-fn isa() -> Isa {
-    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-            if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
-                return Isa::Avx512;
-            }
-            if avx2 {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Baseline
-    })
-}
-
 /// Defines `$entry::<T, D>`, which runs `$body::<F, T, D>` through the widest instantiation this
 /// CPU supports: AVX-512 or AVX2 (with FMA and F16C, `F = Fused`), or baseline (`F = Separate`).
 macro_rules! multiversion {
     ($entry:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
-        fn $entry<T: Element, const D: usize>($($arg: $ty),*) {
+        fn $entry<T: Element, const D: usize>(isa: Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -300,10 +401,11 @@ macro_rules! multiversion {
                 unsafe fn avx2<T: Element, const D: usize>($($arg: $ty),*) {
                     $body::<Fused, T, D>($($arg),*)
                 }
-                match isa() {
-                    // SAFETY: `isa()` detected every feature this instantiation is built for.
+                match isa {
+                    // SAFETY: callers pass `active_isa()`, which never exceeds the detected tier,
+                    // and the AVX-512 tier is detected with every feature of this instantiation.
                     Isa::Avx512 => return unsafe { avx512::<T, D>($($arg),*) },
-                    // SAFETY: as above.
+                    // SAFETY: as above, for the AVX2 tier.
                     Isa::Avx2 => return unsafe { avx2::<T, D>($($arg),*) },
                     Isa::Baseline => {}
                 }
@@ -331,6 +433,7 @@ struct Forward<'a, T> {
     coef: &'a [f32],
     x: &'a [T],
     y: SharedOut<T>,
+    stream: bool,
 }
 
 #[inline(always)]
@@ -343,29 +446,28 @@ fn forward_item<F: MulAdd, T: Element, const D: usize>(a: &Forward<'_, T>, i: us
     // SAFETY: `y` holds B*C*D*P elements (checked by the caller) and item `i` is the only one
     // covering pixels p0..p0+n of plane pair `bc`.
     let mut y_rows = unsafe { a.y.rows_mut(bc, depth, it.pixels, p0, n) };
-    if T::DTYPE == crate::DType::F32 {
-        let src: Vec<&[f32]> = x_rows.iter().filter_map(|r| T::as_f32(r)).collect();
-        let mut dst: Vec<&mut [f32]> = y_rows.iter_mut().filter_map(|r| T::as_f32_mut(r)).collect();
-        mix_rows::<F, _, _>(depth, coef, &src, 0, &mut dst, 0, n);
-        return;
-    }
     let tile = tile_pixels(depth);
-    let mut stage_in = vec![vec![0.0f32; tile]; depth];
-    let mut stage_out = vec![vec![0.0f32; tile]; depth];
+    let mut stage = staging(T::DTYPE != crate::DType::F32, depth, tile);
+    let mut out = vec![vec![0.0f32; tile]; depth];
+    let mut writer = RowWriter::<T>::new(a.stream, tile);
     let mut p = 0;
     while p < n {
         let m = tile.min(n - p);
-        for (st, row) in stage_in.iter_mut().zip(&x_rows) {
-            T::load_f32(&row[p..p + m], &mut st[..m]);
-        }
-        mix_rows::<F, _, _>(depth, coef, &stage_in, 0, &mut stage_out, 0, m);
-        for (st, row) in stage_out.iter().zip(y_rows.iter_mut()) {
-            T::store_f32(&st[..m], &mut row[p..p + m]);
+        let src = tile_rows(&x_rows, p, m, &mut stage);
+        mix_rows::<F, D>(depth, coef, &src, &mut out);
+        for (o, row) in out.iter().zip(y_rows.iter_mut()) {
+            writer.write(&o[..m], &mut row[p..p + m]);
         }
         p += m;
     }
+    writer.finish();
 }
 multiversion!(forward_entry, forward_item, (a: &Forward<'_, T>, i: usize));
+
+/// `depth` staging rows of `tile` pixels when `wanted`, else none.
+fn staging(wanted: bool, depth: usize, tile: usize) -> Vec<Vec<f32>> {
+    vec![vec![0.0f32; tile]; if wanted { depth } else { 0 }]
+}
 
 /// Inputs of one backward launch; `x` is present when `dw` is wanted, `dx` when `dx` is.
 struct Backward<'a, T> {
@@ -376,6 +478,7 @@ struct Backward<'a, T> {
     x: Option<&'a [T]>,
     dy: &'a [T],
     dx: Option<SharedOut<T>>,
+    stream: bool,
 }
 
 #[inline(always)]
@@ -389,58 +492,38 @@ fn backward_item<F: MulAdd, T: Element, const D: usize>(
     let (bc, p0, n) = it.item(i);
     let coef = &a.coef[(bc % a.channels) * depth * depth..][..depth * depth];
     let dy_rows = it.rows(a.dy, bc, p0, n);
-    let x_rows = a.x.map(|x| it.rows(x, bc, p0, n));
+    let x_rows = match (&partial, a.x) {
+        (Some(_), Some(x)) => Some(it.rows(x, bc, p0, n)),
+        _ => None,
+    };
     // SAFETY: as in `forward_item`: `dx` holds B*C*D*P elements and this item owns its range.
     let mut dx_rows =
         a.dx.map(|dx| unsafe { dx.rows_mut(bc, depth, it.pixels, p0, n) });
     let mut acc = vec![[0.0f32; LANES]; depth * depth];
-    let want_dw = partial.is_some() && x_rows.is_some();
 
     let tile = tile_pixels(depth);
-    if T::DTYPE == crate::DType::F32 {
-        let dy: Vec<&[f32]> = dy_rows.iter().filter_map(|r| T::as_f32(r)).collect();
-        let x: Option<Vec<&[f32]>> = x_rows
-            .as_ref()
-            .map(|rows| rows.iter().filter_map(|r| T::as_f32(r)).collect());
-        let mut dx: Option<Vec<&mut [f32]>> = dx_rows
-            .as_mut()
-            .map(|rows| rows.iter_mut().filter_map(|r| T::as_f32_mut(r)).collect());
-        let mut p = 0;
-        while p < n {
-            let m = tile.min(n - p);
-            if let Some(dx) = dx.as_mut() {
-                mix_rows::<F, _, _>(depth, coef, &dy, p, dx, p, m);
+    let staged = T::DTYPE != crate::DType::F32;
+    let mut stage_dy = staging(staged, depth, tile);
+    let mut stage_x = staging(staged && x_rows.is_some(), depth, tile);
+    let mut out = staging(dx_rows.is_some(), depth, tile);
+    let mut writer = RowWriter::<T>::new(a.stream, tile);
+    let mut p = 0;
+    while p < n {
+        let m = tile.min(n - p);
+        let dy = tile_rows(&dy_rows, p, m, &mut stage_dy);
+        if let Some(dx_rows) = dx_rows.as_mut() {
+            mix_rows::<F, D>(depth, coef, &dy, &mut out);
+            for (o, row) in out.iter().zip(dx_rows.iter_mut()) {
+                writer.write(&o[..m], &mut row[p..p + m]);
             }
-            if let (true, Some(x)) = (want_dw, x.as_ref()) {
-                accumulate_dw::<F, D, _>(depth, x, p, &dy, p, m, &mut acc);
-            }
-            p += m;
         }
-    } else {
-        let mut stage_dy = vec![vec![0.0f32; tile]; depth];
-        let mut stage_x = vec![vec![0.0f32; tile]; if want_dw { depth } else { 0 }];
-        let mut stage_dx = vec![vec![0.0f32; tile]; if dx_rows.is_some() { depth } else { 0 }];
-        let mut p = 0;
-        while p < n {
-            let m = tile.min(n - p);
-            for (st, row) in stage_dy.iter_mut().zip(&dy_rows) {
-                T::load_f32(&row[p..p + m], &mut st[..m]);
-            }
-            if let Some(dx_rows) = dx_rows.as_mut() {
-                mix_rows::<F, _, _>(depth, coef, &stage_dy, 0, &mut stage_dx, 0, m);
-                for (st, row) in stage_dx.iter().zip(dx_rows.iter_mut()) {
-                    T::store_f32(&st[..m], &mut row[p..p + m]);
-                }
-            }
-            if let (true, Some(x_rows)) = (want_dw, x_rows.as_ref()) {
-                for (st, row) in stage_x.iter_mut().zip(x_rows) {
-                    T::load_f32(&row[p..p + m], &mut st[..m]);
-                }
-                accumulate_dw::<F, D, _>(depth, &stage_x, 0, &stage_dy, 0, m, &mut acc);
-            }
-            p += m;
+        if let Some(x_rows) = x_rows.as_ref() {
+            let x = tile_rows(x_rows, p, m, &mut stage_x);
+            accumulate_dw::<F, D>(depth, &x, &dy, &mut acc);
         }
+        p += m;
     }
+    writer.finish();
     if let Some(partial) = partial {
         for (slot, lanes) in partial.iter_mut().zip(&acc) {
             *slot = lanes.iter().map(|&v| v as f64).sum();
@@ -471,9 +554,14 @@ pub(crate) fn forward<T: Element>(dims: &FusionDims, x: &[T], w: &[f32], y: &mut
         coef: &coef,
         x,
         y: SharedOut(y.as_mut_ptr()),
+        stream: std::mem::size_of_val(y) >= STREAM_BYTES,
     };
-    let run: fn(&Forward<'_, T>, usize) = by_depth!(dims.depth, forward_entry::<T>);
-    (0..items.count).into_par_iter().for_each(|i| run(&args, i));
+    let run: fn(Isa, &Forward<'_, T>, usize) = by_depth!(dims.depth, forward_entry::<T>);
+    // One tier for the whole launch, so a concurrent `set_isa_limit` cannot mix rounding modes.
+    let isa = active_isa();
+    (0..items.count)
+        .into_par_iter()
+        .for_each(|i| run(isa, &args, i));
 }
 
 /// Backward: writes `dx` when given, and `dw` (`[D, D, C]`) when given; `x` is only read for `dw`.
@@ -495,14 +583,16 @@ pub(crate) fn backward<T: Element>(
         coef: &coef,
         x: want_dw.then_some(x),
         dy,
+        stream: std::mem::size_of_val(dy) >= STREAM_BYTES,
         dx: dx.map(|dx| SharedOut(dx.as_mut_ptr())),
     };
-    let run: fn(&Backward<'_, T>, usize, Option<&mut [f64]>) =
+    let run: fn(Isa, &Backward<'_, T>, usize, Option<&mut [f64]>) =
         by_depth!(depth, backward_entry::<T>);
+    let isa = active_isa();
     let Some(dw) = dw else {
         (0..items.count)
             .into_par_iter()
-            .for_each(|i| run(&args, i, None));
+            .for_each(|i| run(isa, &args, i, None));
         return;
     };
     let dd = depth * depth;
@@ -511,7 +601,7 @@ pub(crate) fn backward<T: Element>(
         partials
             .par_chunks_mut(dd)
             .enumerate()
-            .for_each(|(i, slot)| run(&args, i, Some(slot)));
+            .for_each(|(i, slot)| run(isa, &args, i, Some(slot)));
     }
     // Fixed-order reduction: for channel c, items in (batch, chunk) order.
     let mut sums = vec![0.0f64; dd * channels];
