@@ -30,8 +30,14 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod dtype;
+#[cfg(feature = "emulation")]
+pub(crate) mod emulation;
 mod error;
+#[allow(clippy::all)]
+pub(crate) mod kernel_params;
 pub mod ops;
 pub mod rng;
 pub mod selftest;

@@ -1,6 +1,8 @@
 //! Self-test: runs a backend on fresh random odd-sized inputs and measures every result against
 //! the float64 reference. `a3d selftest` prints these checks; a user runs it to trust an install.
 
+#[cfg(feature = "emulation")]
+pub use crate::fusion::emulated::Emulated;
 use crate::fusion::{self, reference, FusionDims, Gradients, Grads};
 use crate::rng::SplitMix64;
 use crate::{DType, Result, Tensor};
@@ -85,7 +87,7 @@ impl std::fmt::Display for Check {
         let [b, c, d, h, w] = self.shape;
         write!(
             f,
-            "{:<4} {:<8} fusion {:<11} {:<4} [{b},{c},{d},{h},{w}]  error {:.2e}  tolerance {:.0e}",
+            "{:<4} {:<8} fusion {:<11} {:<4} [{b},{c},{d},{h},{w}]  error {:.2e}  tolerance {:.1e}",
             if self.passed() { "ok" } else { "FAIL" },
             self.backend,
             self.pass,
@@ -184,4 +186,51 @@ fn check_shape(
         check("grad_input", dx, &reference::grad_input(&dims, &wf, &dyf)),
         check("grad_weight", dw, &reference::grad_weight(&dims, &xf, &dyf)),
     ]
+}
+
+/// The CUDA kernels on a GPU (feature `cuda`). Outputs are NaN-poisoned before each launch.
+#[cfg(feature = "cuda")]
+#[derive(Debug, Clone)]
+pub struct Cuda {
+    /// The device to run on.
+    pub device: crate::cuda::CudaDevice,
+}
+
+#[cfg(feature = "cuda")]
+impl FusionBackend for Cuda {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.device.ordinal())
+    }
+
+    fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        use crate::cuda::CudaTensor;
+        let dev = &self.device;
+        let (xd, wd) = (CudaTensor::upload(x, dev)?, CudaTensor::upload(w, dev)?);
+        let mut y = CudaTensor::full(x.shape(), f32::NAN, x.dtype(), dev)?;
+        fusion::cuda::forward_into(&xd, &wd, &mut y)?;
+        y.download()
+    }
+
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients> {
+        use crate::cuda::CudaTensor;
+        let dev = &self.device;
+        let (xd, wd, dyd) = (
+            CudaTensor::upload(x, dev)?,
+            CudaTensor::upload(w, dev)?,
+            CudaTensor::upload(dy, dev)?,
+        );
+        let dims = FusionDims::from_input_shape(x.shape())?;
+        let poisoned = |wanted: bool, shape: &[usize]| {
+            wanted
+                .then(|| CudaTensor::full(shape, f32::NAN, x.dtype(), dev))
+                .transpose()
+        };
+        let mut dx = poisoned(grads.input, x.shape())?;
+        let mut dw = poisoned(grads.weight, &dims.weight_shape())?;
+        fusion::cuda::backward_into(&xd, &wd, &dyd, dx.as_mut(), dw.as_mut())?;
+        Ok(Gradients {
+            dx: dx.map(|t| t.download()).transpose()?,
+            dw: dw.map(|t| t.download()).transpose()?,
+        })
+    }
 }

@@ -37,6 +37,12 @@ impl Row {
         self.bytes as f64 / (self.median_ms * 1e-3) / 1e9
     }
 
+    /// The copy moves x's bytes twice (read + write); `bytes` of a pass is at least 2 * x.
+    fn copy_gbps(&self) -> f64 {
+        let x_bytes = self.shape.iter().product::<usize>() * self.dtype.size_in_bytes();
+        2.0 * x_bytes as f64 / (self.copy_ms * 1e-3) / 1e9
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::json!({
             "op": self.op,
@@ -50,6 +56,7 @@ impl Row {
             "ratio_to_copy": self.ratio_to_copy(),
             "min_bytes": self.bytes,
             "gb_per_s": self.gbps(),
+            "copy_gb_per_s": self.copy_gbps(),
         })
         .to_string()
     }
@@ -72,10 +79,20 @@ impl Row {
 }
 
 pub fn print_header(threads: usize) {
-    println!("threads: {threads}; median of the timed runs; copy = read + write of x's bytes once");
-    println!(
+    crate::say!(
+        "threads: {threads}; median of the timed runs; copy = read + write of x's bytes once"
+    );
+    crate::say!(
         "{:<7} {:<9} {:<5} {:<5} {:<20} {:>10} {:>10} {:>8} {:>8}",
-        "op", "pass", "dev", "dtype", "shape", "median_ms", "copy_ms", "x copy", "GB/s"
+        "op",
+        "pass",
+        "dev",
+        "dtype",
+        "shape",
+        "median_ms",
+        "copy_ms",
+        "x copy",
+        "GB/s"
     );
 }
 
@@ -155,5 +172,82 @@ pub fn fusion_cpu(shape: [usize; 5], dtype: DType, runs: usize) -> Result<Vec<Ro
     Ok(vec![
         row("forward", fwd, 2 * x_bytes),
         row("backward", bwd, 3 * x_bytes),
+    ])
+}
+
+/// Median of `runs` GPU timings (events around each call) after two warm-up calls.
+#[cfg(feature = "cuda")]
+fn median_gpu_ms(
+    dev: &a3d::cuda::CudaDevice,
+    runs: usize,
+    mut f: impl FnMut() -> a3d::Result<()>,
+) -> Result<f64, String> {
+    for _ in 0..2 {
+        f().map_err(|e| e.to_string())?;
+    }
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        t.push(dev.time_ms(&mut f).map_err(|e| e.to_string())? as f64);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// Forward, grad-input, grad-weight and backward (both) on a GPU, next to a device-to-device
+/// copy of x's bytes timed the same way in the same run.
+#[cfg(feature = "cuda")]
+pub fn fusion_cuda(
+    dev: &a3d::cuda::CudaDevice,
+    shape: [usize; 5],
+    dtype: DType,
+    runs: usize,
+) -> Result<Vec<Row>, String> {
+    use a3d::cuda::CudaTensor;
+    use a3d::fusion::cuda as fc;
+    let s = |e: a3d::Error| e.to_string();
+    let dims = FusionDims::from_input_shape(&shape).map_err(s)?;
+    let mut rng = a3d::rng::SplitMix64::new(0x5eed);
+    let host = |rng: &mut a3d::rng::SplitMix64| {
+        Tensor::from_f32(&rng.vec_f32(dims.len(), -1.0, 1.0), &shape, dtype)
+    };
+    let x = CudaTensor::upload(&host(&mut rng).map_err(s)?, dev).map_err(s)?;
+    let dy = CudaTensor::upload(&host(&mut rng).map_err(s)?, dev).map_err(s)?;
+    let w_host = fusion::init_weights(shape[2], shape[1], 7)
+        .map_err(s)?
+        .to_dtype(dtype);
+    let w = CudaTensor::upload(&w_host, dev).map_err(s)?;
+    let mut y = CudaTensor::zeros(&shape, dtype, dev).map_err(s)?;
+    let mut dx = CudaTensor::zeros(&shape, dtype, dev).map_err(s)?;
+    let mut dw = CudaTensor::zeros(w_host.shape(), dtype, dev).map_err(s)?;
+    let mut copy_dst = CudaTensor::zeros(&shape, dtype, dev).map_err(s)?;
+
+    let x_bytes = dims.len() * dtype.size_in_bytes();
+    let copy = median_gpu_ms(dev, runs, || copy_dst.copy_from(&x))?;
+    let fwd = median_gpu_ms(dev, runs, || fc::forward_into(&x, &w, &mut y))?;
+    let gin = median_gpu_ms(dev, runs, || {
+        fc::backward_into(&x, &w, &dy, Some(&mut dx), None)
+    })?;
+    let gw = median_gpu_ms(dev, runs, || {
+        fc::backward_into(&x, &w, &dy, None, Some(&mut dw))
+    })?;
+    let both = median_gpu_ms(dev, runs, || {
+        fc::backward_into(&x, &w, &dy, Some(&mut dx), Some(&mut dw))
+    })?;
+    let row = |pass, median_ms, bytes| Row {
+        op: "fusion",
+        pass,
+        device: format!("cuda:{}", dev.ordinal()),
+        dtype,
+        shape,
+        threads: 0,
+        median_ms,
+        copy_ms: copy,
+        bytes,
+    };
+    Ok(vec![
+        row("forward", fwd, 2 * x_bytes),
+        row("grad_input", gin, 2 * x_bytes),
+        row("grad_weight", gw, 2 * x_bytes),
+        row("backward", both, 4 * x_bytes),
     ])
 }

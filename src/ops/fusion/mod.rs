@@ -14,6 +14,13 @@
 //! `kernels/fusion.cu` (CUDA), tests in `tests/fusion.rs`, bench in `benches/fusion.rs`.
 
 pub(crate) mod cpu_kernel;
+#[cfg(feature = "cuda")]
+#[path = "cuda_kernel.rs"]
+pub mod cuda;
+#[cfg(feature = "emulation")]
+pub(crate) mod emulated;
+#[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+pub(crate) mod launch;
 pub mod reference;
 
 use crate::tensor::element_count;

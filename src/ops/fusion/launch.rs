@@ -1,0 +1,175 @@
+//! Launch plans of the fusion kernels (kernels/fusion.cu): kernel names, grids and parameters.
+//! The CUDA backend and the host emulation run the same plans, so CI exercises the grids a GPU
+//! gets. The formulas follow the work decomposition documented at the top of fusion.cu.
+
+use super::FusionDims;
+use crate::kernel_params::{A3dFusionParams, A3D_FUSION_BLOCK};
+use crate::DType;
+
+/// Threads per block of every fusion kernel.
+pub(crate) const BLOCK: (u32, u32, u32) = (A3D_FUSION_BLOCK, 1, 1);
+const BLOCK_THREADS: u64 = A3D_FUSION_BLOCK as u64;
+/// Largest depth with specialised (`_d<N>`) kernels.
+pub(crate) const MAX_SPECIALISED_DEPTH: usize = 16;
+
+/// One kernel launch: which kernel, over which grid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Launch {
+    pub name: String,
+    pub grid: (u32, u32, u32),
+}
+
+/// The launches of a grad-weight pass: partial sums, then their fixed-order reduction.
+#[derive(Debug, Clone)]
+pub(crate) struct GradWeightPlan {
+    pub partial: Launch,
+    pub reduce: Launch,
+    pub params: A3dFusionParams,
+    /// Floats in the partials buffer.
+    pub partials_len: usize,
+}
+
+/// Elements per 16-byte vector: a work unit of the kernels.
+fn vector_width(dtype: DType) -> u64 {
+    16 / dtype.size_in_bytes() as u64
+}
+
+/// Units of one channel: `B * ceil(P / V)`.
+fn units(dims: &FusionDims, dtype: DType) -> u64 {
+    dims.batch as u64 * (dims.pixels as u64).div_ceil(vector_width(dtype))
+}
+
+/// `fusion_<op>_<dtype>_d<N>` for specialised depths, `..._dn` beyond.
+pub(crate) fn kernel_name(op: &str, dtype: DType, depth: usize) -> String {
+    if (1..=MAX_SPECIALISED_DEPTH).contains(&depth) {
+        format!("fusion_{op}_{dtype}_d{depth}")
+    } else {
+        format!("fusion_{op}_{dtype}_dn")
+    }
+}
+
+/// Blocks the device keeps resident at once (the kernels' occupancy, conservatively).
+pub(crate) fn resident_blocks(sm_count: u32, compute_major: i32) -> u64 {
+    let per_sm = if compute_major >= 8 { 8 } else { 4 };
+    sm_count.max(1) as u64 * per_sm
+}
+
+pub(crate) fn params(dims: &FusionDims, partial_blocks: u64) -> A3dFusionParams {
+    A3dFusionParams {
+        batch: dims.batch as u64,
+        channels: dims.channels as u64,
+        depth: dims.depth as u64,
+        pixels: dims.pixels as u64,
+        partial_blocks,
+    }
+}
+
+/// Most blocks along y (one channel each, looping over channels beyond): the CUDA limit.
+pub(crate) const MAX_GRID_Y: u64 = 65535;
+
+fn channel_grid(dims: &FusionDims, max_grid_y: u64) -> u64 {
+    (dims.channels as u64).clamp(1, max_grid_y.clamp(1, MAX_GRID_Y))
+}
+
+/// Forward (`op = "forward"`) or grad-input (`op = "grad_input"`): about four waves of blocks,
+/// never more blocks per channel than 256-unit chunks.
+/// `max_grid_y` caps the channel blocks (`MAX_GRID_Y` on a GPU; the emulation tests pass
+/// smaller caps so blocks loop over several channels).
+pub(crate) fn elementwise(
+    op: &str,
+    dims: &FusionDims,
+    dtype: DType,
+    resident: u64,
+    max_grid_y: u64,
+) -> Launch {
+    let gy = channel_grid(dims, max_grid_y);
+    let chunks = units(dims, dtype).div_ceil(BLOCK_THREADS).max(1);
+    let gx = (4 * resident).div_ceil(gy).clamp(1, chunks);
+    Launch {
+        name: kernel_name(op, dtype, dims.depth),
+        grid: (gx as u32, gy as u32, 1),
+    }
+}
+
+/// Threads that share one unit in grad-weight (each owns a subset of the output slices).
+fn weight_group(depth: usize) -> u64 {
+    match depth {
+        0..=8 => 1,
+        9..=10 => 2,
+        11..=16 => 4,
+        _ => {
+            let tiles = (depth as u64).div_ceil(8).pow(2);
+            tiles.next_power_of_two().min(32)
+        }
+    }
+}
+
+/// Grad-weight: partial blocks per channel from the device size, then the reduction.
+pub(crate) fn grad_weight(
+    dims: &FusionDims,
+    dtype: DType,
+    resident: u64,
+    sm_count: u32,
+    max_grid_y: u64,
+) -> GradWeightPlan {
+    let gy = channel_grid(dims, max_grid_y);
+    let lanes_needed = (units(dims, dtype) * weight_group(dims.depth)).div_ceil(BLOCK_THREADS);
+    let partial_blocks = (2 * resident).div_ceil(gy).clamp(1, lanes_needed.max(1));
+    let dd = (dims.depth * dims.depth) as u64;
+    let entries = dims.channels as u64 * dd;
+    let reduce_blocks = entries
+        .div_ceil(BLOCK_THREADS)
+        .clamp(1, 8 * sm_count.max(1) as u64);
+    GradWeightPlan {
+        partial: Launch {
+            name: kernel_name("grad_weight_partial", dtype, dims.depth),
+            grid: (partial_blocks as u32, gy as u32, 1),
+        },
+        reduce: Launch {
+            name: format!("fusion_grad_weight_reduce_{dtype}"),
+            grid: (reduce_blocks as u32, 1, 1),
+        },
+        params: params(dims, partial_blocks),
+        partials_len: (entries * partial_blocks) as usize,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims(shape: [usize; 5]) -> FusionDims {
+        FusionDims::from_input_shape(&shape).unwrap()
+    }
+
+    #[test]
+    fn names_follow_the_kernel_table() {
+        assert_eq!(
+            kernel_name("forward", DType::F32, 7),
+            "fusion_forward_f32_d7"
+        );
+        assert_eq!(
+            kernel_name("forward", DType::BF16, 16),
+            "fusion_forward_bf16_d16"
+        );
+        assert_eq!(
+            kernel_name("grad_input", DType::F16, 17),
+            "fusion_grad_input_f16_dn"
+        );
+    }
+
+    #[test]
+    fn grids_stay_within_limits_and_work() {
+        let h100 = resident_blocks(132, 9);
+        let big = dims([2, 256, 7, 128, 128]);
+        let l = elementwise("forward", &big, DType::F32, h100, MAX_GRID_Y);
+        assert_eq!(l.grid.1, 256);
+        assert!(l.grid.0 >= 1 && l.grid.0 as u64 * 256 >= 4 * h100);
+        let tiny = dims([1, 70000, 3, 1, 1]);
+        let l = elementwise("forward", &tiny, DType::F16, h100, MAX_GRID_Y);
+        assert_eq!(l.grid, (1, 65535, 1));
+        let g = grad_weight(&big, DType::BF16, h100, 132, MAX_GRID_Y);
+        assert!(g.params.partial_blocks >= 1);
+        assert_eq!(g.partials_len, 256 * 49 * g.params.partial_blocks as usize);
+    }
+}
