@@ -5,84 +5,97 @@
 //   forward      y[b,c,k,p]  = sum_d  x[b,c,d,p]  * w[d,k,c]
 //   grad input   dx[b,c,d,p] = sum_k  dy[b,c,k,p] * w[d,k,c]
 //   grad weight  dw[d,k,c]   = sum_{b,p} x[b,c,d,p] * dy[b,c,k,p]
-// Storage f32 / f16 / bf16, accumulation always f32 (the final dw reduction in f64).
+// Storage f32 / f16 / bf16; arithmetic always in f32 (the last dw reduction step in f64).
 //
-// ------------------------------------------------------------------------------------------
-// Kernels (suffix _d1.._d16 = depth fixed at compile time, _dn = any depth >= 1):
-//   fusion_forward_<dt>_<dN|dn>(const T* x,  const T* w, T* y,  A3dFusionParams p)
-//   fusion_grad_input_<dt>_<dN|dn>(const T* dy, const T* w, T* dx, A3dFusionParams p)
-//   fusion_grad_weight_partial_<dt>_<dN|dn>(const T* x, const T* dy, float* partials, A3dFusionParams p)
+// ==========================================================================================
+// KERNELS (156; the A3D_FUSION_KERNELS X-macro at the end lists them)
+//   fusion_forward_<dt>_<dN>(const T* x,  const T* w, T* y,  A3dFusionParams p)
+//   fusion_grad_input_<dt>_<dN>(const T* dy, const T* w, T* dx, A3dFusionParams p)
+//   fusion_grad_weight_partial_<dt>_<dN>(const T* x, const T* dy, float* partials, A3dFusionParams p)
 //   fusion_grad_weight_reduce_<dt>(const float* partials, T* dw, A3dFusionParams p)
-// dt = f32 (float), f16 (__half), bf16 (__nv_bfloat16; compiled only for sm_80+ and for the
-// host). All kernels take blockDim = (A3D_FUSION_BLOCK = 256, 1, 1); the A3D_FUSION_KERNELS
-// X-macro at the end of the file lists every name. A specialised kernel `_dN` requires
-// p.depth == N (the kernel uses N and ignores p.depth).
+// dt: f32 (float), f16 (__half), bf16 (__nv_bfloat16: host compilation and sm_80+ only, see
+// A3D_FUSION_BF16_ENABLED). dN: d1..d16 (depth = N at compile time, everything unrolled; the
+// kernel uses N and ignores p.depth, which must equal N) or dn (any depth >= 1, from p.depth).
+// Block: always (A3D_FUSION_BLOCK = 256, 1, 1). Kernels are declared
+// __launch_bounds__(A3D_FUSION_BLOCK, A3D_FUSION_MIN_BLOCKS = 2): the explicit minimum of 2
+// resident blocks caps registers at 128 and disables ptxas' own occupancy heuristic, which
+// otherwise trades a few bytes of spills for occupancy in some kernels (see the note at the
+// kernel definitions). Result: no spills / stack frame on sm_75..sm_90, 40..128 registers.
 //
-// Work decomposition. A "unit" is V consecutive pixels of one (b, c) row, V = 16 bytes /
-// sizeof(T) (4 for f32, 8 for f16/bf16); a channel has U = B * ceil(P / V) units, numbered
-// u = b * ceil(P/V) + j. Every kernel uses the SAME 2-D grid shape (gx, gy):
-//   blockIdx.y selects the channel, c = blockIdx.y, blockIdx.y + gridDim.y, ... < C, so each
-//   block works on ONE channel at a time (the channel's weights are staged in shared memory
-//   once per channel) and gy = min(C, 65535) is the natural choice; blockIdx.x splits the U
-//   units of that channel (grid-stride).
-// Loads/stores are 16-byte vectors (float4 / uint4 holding 8 halves) when every tensor pointer
-// of the launch is 16-byte aligned and P % V == 0; otherwise a scalar path walks the same
-// units element by element (tails masked). Both paths perform identical arithmetic in the same
-// order, so results (dw included) do not depend on the pointers' alignment.
+// WORK DECOMPOSITION (all kernels but reduce)
+//   unit     = V consecutive pixels of one (b, c, slice) row, V = 16 bytes / sizeof(T) (4 for
+//              f32, 8 for f16/bf16); a channel has U = B * ceil(P/V) units u = b*ceil(P/V) + j.
+//   grid     = 2-D (gx, gy): blockIdx.y is the channel (c = blockIdx.y, += gridDim.y while < C),
+//              blockIdx.x splits the U units of that channel (grid-stride). gy = min(C, 65535) is
+//              the natural choice; every block therefore works on one channel at a time and
+//              stages what it needs of that channel (weights, tiles) in shared memory.
+//   vectors  = 16-byte loads/stores (float4, or uint4 holding 8 halves) when all tensor pointers
+//              of the launch are 16-byte aligned and P % V == 0 ("vec", decided per launch);
+//              otherwise the same units are walked with masked scalar accesses. Both paths do
+//              the same arithmetic in the same order: results, dw included, are bitwise
+//              independent of the alignment.
+//   indexing = 64-bit everywhere; a per-thread cursor walks the units without a division per
+//              step.
 //
-// forward / grad_input: ANY grid (gx >= 1, gy >= 1) is correct. Thread t of block bx handles
-//   units u = bx*256 + t + i*gx*256 of each of its channels (one unit per thread per iteration,
-//   loads of all D input slices of the unit issued back to back, then the D outputs computed one
-//   at a time from the D inputs held in registers: D*V input registers + V accumulators, weights
-//   read from shared memory as broadcast float4). Recommended host grid:
-//     gy = min(C, 65535)
-//     R  = resident blocks on the device = SMs * max active blocks per SM (cuOccupancy... for the
-//          function; without it use 8 per SM on sm_80/86/89/90 -- 2048 threads -- and 4 on sm_75;
-//          the D >= 11 f16/bf16 kernels use > 128 registers and fit one block per SM, see the
-//          ptxas report written by build/cuda.rs)
-//     gx = clamp(ceil(4 * R / gy), 1, ceil(U / 256))
-//   i.e. about 4 waves of blocks (every SM saturated, tail < 25%) and never more blocks per
-//   channel than there are 256-unit chunks. When U < 256 (tiny images, B*P < 256*V) a block is
-//   partly idle; such launches are latency-bound anyway.
-//   Bytes in flight per thread per iteration: D*16 (D vector loads issued before any use); at
-//   full occupancy (2048 threads/SM) >= 32 KiB/SM even for D = 1, and for the register-heavy
-//   large-D kernels 256..512 threads * 16*D bytes = 64..128 KiB/SM.
+// forward / grad_input, _d1.._d16 -- ANY grid (gx >= 1, gy >= 1) is correct.
+//   Both are out[o] = sum_i in[i] * M[o][i] with M[k][d] = w[d,k,c] (forward) or M[d][k] =
+//   w[d,k,c] (grad_input); the block stages M (D x D floats) in shared memory per channel.
+//   A unit is shared by L = V/4 lanes (f32: 1, 16-bit: 2); lane h owns pixels 4h..4h+3 (a
+//   "quad") and holds its D input quads in registers (4*D floats, <= 64), then computes the
+//   outputs two rows at a time from broadcast float4 shared-memory reads of M. 16-bit lanes
+//   swap one packed row with their partner (2 shuffled words) so that every store is a full
+//   16-byte vector. For small D a thread takes R = max(1, 4*L/D) grid steps per iteration (all
+//   loads issued together): >= 64 bytes of distinct loads in flight per thread.
+//   Units per block per step: UPB = 256/L (f32 256, 16-bit 128); per iteration R*UPB.
+//   Recommended grid: gy = min(C, 65535);
+//     gx = clamp(ceil(4 * RES / gy), 1, ceil(U / (UPB * R)))
+//   where RES = resident blocks on the device = SMs * cuOccupancyMaxActiveBlocksPerMultiprocessor
+//   (2..4 per SM here: see the ptxas report that build/cuda.rs writes; 2 * SMs if unknown).
+//   That is ~4 waves of equal blocks (tail <= 25%) and never more blocks per channel than there
+//   are unit chunks. Memory-level parallelism: every resident thread has R*D 16-byte loads
+//   outstanding per iteration (D = 3, f32, 3 blocks/SM: ~36 KiB/SM; D = 7: ~86 KiB/SM).
 //
-// grad_weight_partial: grid (gx = p.partial_blocks, gy = min(C, 65535)). For D <= 16, G threads
-//   (G = 1 for D <= 8, 2 for D = 9..10, 4 for D = 11..16) share a unit; thread t has
-//   k-subset g = t % G (KS = ceil(D/G) output slices, so D*KS <= 64 accumulators) and unit lane
-//   t / G; block bx owns units u with (u / (256/G)) % partial_blocks == bx, visited in
-//   increasing u (fixed subset, depends only on bx, partial_blocks and the shape). Per thread
-//   the products are accumulated unit by unit, pixel by pixel in order; then a fixed
-//   reduction tree: xor-butterfly warp shuffles over the lanes sharing a k-subset, then the 8
-//   warp sums added in warp order from shared memory. Result: partials[((c*partial_blocks +
-//   bx)*D + d)*D + k] for ALL d, k < D (zeros when the block had no units). No atomics.
-//   _dn: the DxD matrix is cut into 8x8 tiles (nt = ceil(D/8)^2); up to ntb = min(32,
-//   pow2ceil(nt)) tiles are processed per pass by lanes t % ntb, unit lane t / ntb; block bx
-//   owns units with (u / (256/ntb)) % partial_blocks == bx; passes = ceil(nt / ntb) re-read
-//   the block's units (mostly from L2).
-//   Recommended: partial_blocks = clamp(ceil(2 * R / gy), 1, ceil(U * G / 256)) (for _dn use
-//   G = ntb). The partial sums -- hence the last bits of dw -- depend on partial_blocks: for
-//   results that are identical across GPU models compute it from the shape only (e.g. with a
-//   fixed R = 1024) rather than from the SM count. Partials buffer: C * partial_blocks * D * D
-//   floats.
-// grad_weight_reduce: any 1-D grid; thread i (grid-stride) handles entry i = c*D*D + d*D + k
-//   (reads are coalesced), sums its partial_blocks partials in increasing block order in f64,
-//   rounds to f32 and then to T, writes dw[(d*D + k)*C + c]. ceil(C*D*D / 256) blocks (capped
-//   at e.g. 8*SMs) is plenty.
+// forward / grad_input, _dn: outputs in blocks of KB = 32/V (f32 8, 16-bit 4; 32 accumulators),
+//   inputs streamed 4 slices at a time (raw 16-byte vectors), one unit per thread, M staged in
+//   shared memory transposed when D <= 64 (16 KiB), read from global memory (block-uniform
+//   broadcast loads through L1) when D > 64. Input slices are re-read once per output block
+//   (ceil(D/KB) passes; the repeats mostly hit L1/L2). Grid as above with UPB = 256, R = 1.
 //
-// _dn forward/grad_input: outputs in blocks of KB = 16 (16*V accumulators), inputs streamed in
-//   chunks of 8 slices (8 raw 16-byte vectors in flight per thread), the block's weight matrix
-//   staged in shared memory (transposed, rows padded to 16) when D <= 64, read through L1 from
-//   global memory (block-uniform broadcast loads) when D > 64. Input slices are re-read once
-//   per output block (ceil(D/16) passes; the repeats are mostly L1/L2 hits).
+// grad_weight_partial -- grid (gx = p.partial_blocks, gy = min(C, 65535)); blocks with
+//   blockIdx.x >= partial_blocks do nothing. Block bx owns a FIXED subset of the channel's units
+//   (function of bx, partial_blocks and the shape only), reduces it with a fixed tree and writes
+//   ALL D*D entries of partials[((c*partial_blocks + bx)*D + d)*D + k] (zeros when it had no
+//   units). No atomics. Partials buffer: C * partial_blocks * D * D floats.
+//   _d1.._d16 (shared-memory staged): tiles of TU consecutive units, tile ti = bx + i*PB.
+//     Staging: every thread issues all of its 16-byte loads of the tile at once (8..32 KiB per
+//     block in flight), converts to f32 and stores to shared memory. Compute: the DxD matrix is
+//     cut into EB x EB entry blocks (EB = min(D, 4)); TPE threads share an entry block, each
+//     accumulating its pixel quads with float4 shared loads. Then butterfly shuffles inside
+//     groups of min(TPE, 32) lanes and the groups added in order through shared memory.
+//        D        1     2     3     4    5-8   9-12  13-16
+//        TU f32   256   256   256   256  128   64    64      (units per tile)
+//        TU 16b   256   256   128   128  64    32    32
+//     Shared memory 8..33 KiB per block.
+//   _dn: 4x4 tiles of the DxD matrix, up to ntb = min(32, pow2ceil(#tiles)) tiles per pass
+//     (lanes t % ntb), unit lane t / ntb, block bx owning units with (u / (256/ntb)) % PB == bx;
+//     ceil(#tiles / ntb) passes re-read the block's units.
+//   Recommended: partial_blocks = clamp(ceil(2 * RES / gy), 1, ceil(U / TU)) (for _dn use
+//   TU = 256/ntb). The partial sums -- hence the last bits of dw -- depend on partial_blocks:
+//   for bitwise agreement across GPU models derive it from the shape only (e.g. RES = 1024).
 //
-// Constraints honoured for the host emulation (kernels/emulation/cuda_host_shim.h): only
-// threadIdx/blockIdx/blockDim/gridDim, __syncthreads (never in divergent code, no early return
-// before it), __shfl_xor_sync with full mask by all 32 lanes, statically sized __shared__
-// arrays in function bodies, fp16/bf16 conversion functions (plus the __half_raw /
-// __nv_bfloat16_raw bit views of cuda_fp16.h / cuda_bf16.h), float4/uint4 via reinterpret_cast.
-// ------------------------------------------------------------------------------------------
+// grad_weight_reduce -- any 1-D grid; thread i (grid-stride) handles entry i = c*D*D + d*D + k
+//   (coalesced partial reads), adds its partial_blocks partials in increasing block order in
+//   f64, rounds to f32 and then to T, writes dw[(d*D + k)*C + c]. Bitwise reproducible.
+//   Grid: min(ceil(C*D*D / 256), 4 * SMs) blocks.
+//
+// HOST EMULATION (kernels/emulation/cuda_host_shim.h, g++ -std=c++20): uses only threadIdx /
+// blockIdx / blockDim / gridDim, __syncthreads (block-uniform control flow only, no early
+// return before it), __syncwarp and __shfl_xor_sync with the full mask executed by all 32
+// lanes (the loops around them have warp-uniform trip counts), statically sized __shared__
+// arrays in function bodies, the fp16/bf16 conversion functions and the __half_raw /
+// __nv_bfloat16_raw bit views of cuda_fp16.h / cuda_bf16.h, float4/uint2/uint4 with
+// reinterpret_cast, templates, `if constexpr`.
+// ==========================================================================================
 
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -113,6 +126,13 @@ __device__ __forceinline__ int opaque0(uint64_t v) { return static_cast<int>(v >
 
 __device__ __forceinline__ bool aligned16(const void* ptr) {
     return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0;
+}
+
+// Block-uniform per-launch flags are evaluated inside the channel loop with a `salt` (the loop
+// variable) rather than once at kernel entry: a value computed at entry stays live across the
+// hot loop, and ptxas prefers spilling such rarely used values to giving up occupancy.
+__device__ __forceinline__ uint64_t salted(uint64_t value, uint64_t salt) {
+    return value | static_cast<uint64_t>(opaque0(salt));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -339,13 +359,52 @@ __device__ __forceinline__ void mix_row(const float4* sm, int o, const float (&x
     }
 }
 
+// Stores output rows o (a0) and o+1 (a1, if `two`) of one quad. 16-bit types: the two lanes of
+// a unit build the 16-byte vectors together -- each lane sends its partner the row it does not
+// store (2 shuffled words), lane 0 stores row o, lane 1 row o+1. The shuffles run on every lane
+// (`live` only gates the stores), so the caller's loop must be warp-uniform.
+template <typename T>
+__device__ __forceinline__ void store_rows(T* __restrict__ row0, uint64_t P, bool two, bool vec,
+                                           bool live, int h, uint64_t valid, const float (&a0)[4],
+                                           const float (&a1)[4]) {
+    constexpr int L = Tr<T>::V / 4;
+    T* row1 = row0 + P;
+    if (vec) {
+        if constexpr (L == 1) {
+            if (live) {
+                *reinterpret_cast<typename Tr<T>::QuadRaw*>(row0) = Tr<T>::pack_quad(a0);
+                if (two) *reinterpret_cast<typename Tr<T>::QuadRaw*>(row1) = Tr<T>::pack_quad(a1);
+            }
+        } else {
+            const uint2 q0 = pack_quad16<T>(a0), q1 = pack_quad16<T>(a1);
+            const uint2 send = h ? q0 : q1;
+            uint2 recv;
+            recv.x = __shfl_xor_sync(kFullMask, send.x, 1);
+            recv.y = __shfl_xor_sync(kFullMask, send.y, 1);
+            if (live) {
+                uint4 r;
+                if (h == 0) {
+                    r.x = q0.x; r.y = q0.y; r.z = recv.x; r.w = recv.y;
+                    *reinterpret_cast<uint4*>(row0) = r;
+                } else if (two) {
+                    r.x = recv.x; r.y = recv.y; r.z = q1.x; r.w = q1.y;
+                    *reinterpret_cast<uint4*>(row1) = r;
+                }
+            }
+        }
+    } else if (live) {
+        store_quad_scalar<T>(row0, h, valid, a0);
+        if (two) store_quad_scalar<T>(row1, h, valid, a1);
+    }
+}
+
 // One unit (V pixels) is handled by L = V/4 adjacent lanes, lane h owning pixels 4h..4h+3 (a
-// "quad"): every thread holds 4*D input values whatever the dtype. For 16-bit types the two
-// lanes of a unit build the 16-byte output vectors together: per output pair (o, o+1) each lane
-// computes both rows of its quad, sends the one it does not store to its partner (2 shuffled
-// words) and stores one full 16-byte vector (lane 0 row o, lane 1 row o+1). The loop runs a
-// warp-uniform number of iterations (so the shuffles see all 32 lanes); lanes past the end of
-// the channel ("!live") compute on zeros and store nothing.
+// "quad"): every thread holds 4*D input values whatever the dtype. For small D a thread takes
+// R = max(1, 4*L/D) consecutive grid-stride steps per iteration (R units, all loads issued
+// together), so that it keeps >= 64 bytes of distinct loads in flight (the L lanes of a unit
+// load the same 16-byte vectors). The loop runs a warp-uniform number of iterations
+// (16-bit stores shuffle); lanes past the end of the channel ("!live") compute on zeros and
+// store nothing.
 template <typename T, int D>
 __device__ __forceinline__ void mix_units(const T* __restrict__ in, T* __restrict__ out,
                                           const float4* s_m4, bool vec, uint64_t c, uint64_t B,
@@ -354,75 +413,61 @@ __device__ __forceinline__ void mix_units(const T* __restrict__ in, T* __restric
     constexpr int L = V / 4;           // lanes per unit
     constexpr int UPB = kBlock / L;    // units per block per step
     constexpr int UPW = kWarp / L;     // units per warp per step
+    constexpr int R = 4 * L / D > 1 ? 4 * L / D : 1;  // steps per iteration
     // For D >= 5 the D*D weights must not be hoisted out of the unit loop into registers (the
     // compiler does that with loop-invariant shared loads and then spills): the shared-memory
     // address gets an opaque zero that changes with the loop.
     constexpr bool kHoist = D * D <= 16;
     const int h = static_cast<int>(threadIdx.x % L);
-    const uint64_t U = B * nunits;
+    const uint64_t units = B * nunits;
     const uint64_t stride = static_cast<uint64_t>(gridDim.x) * UPB;
     const uint64_t first = static_cast<uint64_t>(blockIdx.x) * UPB;
     const uint64_t wfirst = first + static_cast<uint64_t>(threadIdx.x / kWarp) * UPW;
-    const uint64_t iters = wfirst < U ? (U - 1 - wfirst) / stride + 1 : 0;  // warp-uniform
+    const uint64_t steps = wfirst < units ? (units - 1 - wfirst) / stride + 1 : 0;
+    const uint64_t iters = (steps + R - 1) / R;  // warp-uniform
     const uint64_t slab = static_cast<uint64_t>(D) * P;
     Cursor it(first + threadIdx.x / L, stride, nunits, B, C, c, slab, V);
     for (uint64_t n = iters; n != 0; --n) {
-        const bool live = it.live();
-        const uint64_t base = it.off;
-        const uint64_t valid = min_u64(V, P - it.j * V);
-        const float4* sm = kHoist ? s_m4 : s_m4 + opaque0(base);
-        float xf[D][4];
+        uint64_t base[R], valid[R];
+        bool live[R];
+        float xf[R][D][4];
 #pragma unroll
-        for (int i = 0; i < D; ++i) {
-            if (live) {
-                load_quad<T>(in + base + static_cast<uint64_t>(i) * P, vec, h, valid, xf[i]);
-            } else {
-#pragma unroll
-                for (int v = 0; v < 4; ++v) xf[i][v] = 0.0f;
-            }
+        for (int r = 0; r < R; ++r) {
+            live[r] = it.live();
+            base[r] = it.off;
+            valid[r] = min_u64(V, P - it.j * V);
+            it.next();
         }
 #pragma unroll
-        for (int o = 0; o < D; o += 2) {
-            const bool two = o + 1 < D;  // compile-time after unrolling
-            float a0[4], a1[4];
-            mix_row<D>(sm, o, xf, a0);
-            if (two) {
-                mix_row<D>(sm, o + 1, xf, a1);
-            } else {
+        for (int r = 0; r < R; ++r) {
 #pragma unroll
-                for (int v = 0; v < 4; ++v) a1[v] = 0.0f;
-            }
-            T* row0 = out + base + static_cast<uint64_t>(o) * P;
-            T* row1 = row0 + P;
-            if (vec) {
-                if constexpr (L == 1) {
-                    if (live) {
-                        *reinterpret_cast<typename Tr<T>::QuadRaw*>(row0) = Tr<T>::pack_quad(a0);
-                        if (two) *reinterpret_cast<typename Tr<T>::QuadRaw*>(row1) = Tr<T>::pack_quad(a1);
-                    }
+            for (int i = 0; i < D; ++i) {
+                if (live[r]) {
+                    load_quad<T>(in + base[r] + static_cast<uint64_t>(i) * P, vec, h, valid[r], xf[r][i]);
                 } else {
-                    const uint2 q0 = pack_quad16<T>(a0), q1 = pack_quad16<T>(a1);
-                    const uint2 send = h ? q0 : q1;
-                    uint2 recv;
-                    recv.x = __shfl_xor_sync(kFullMask, send.x, 1);
-                    recv.y = __shfl_xor_sync(kFullMask, send.y, 1);
-                    if (live) {
-                        uint4 r;
-                        if (h == 0) {
-                            r.x = q0.x; r.y = q0.y; r.z = recv.x; r.w = recv.y;
-                            *reinterpret_cast<uint4*>(row0) = r;
-                        } else if (two) {
-                            r.x = recv.x; r.y = recv.y; r.z = q1.x; r.w = q1.y;
-                            *reinterpret_cast<uint4*>(row1) = r;
-                        }
-                    }
+#pragma unroll
+                    for (int v = 0; v < 4; ++v) xf[r][i][v] = 0.0f;
                 }
-            } else if (live) {
-                store_quad_scalar<T>(row0, h, valid, a0);
-                if (two) store_quad_scalar<T>(row1, h, valid, a1);
             }
         }
-        it.next();
+        const float4* sm = kHoist ? s_m4 : s_m4 + opaque0(base[0]);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+#pragma unroll
+            for (int o = 0; o < D; o += 2) {
+                const bool two = o + 1 < D;  // compile-time after unrolling
+                float a0[4], a1[4];
+                mix_row<D>(sm, o, xf[r], a0);
+                if (two) {
+                    mix_row<D>(sm, o + 1, xf[r], a1);
+                } else {
+#pragma unroll
+                    for (int v = 0; v < 4; ++v) a1[v] = 0.0f;
+                }
+                store_rows<T>(out + base[r] + static_cast<uint64_t>(o) * P, P, two, vec, live[r], h,
+                              valid[r], a0, a1);
+            }
+        }
     }
 }
 
@@ -436,11 +481,11 @@ __device__ __forceinline__ void mix_kernel(const T* __restrict__ in, const T* __
     const uint64_t B = p.batch, C = p.channels, P = p.pixels;
     const uint64_t nunits = (P + V - 1) / V;
     const bool has_work = B > 0 && nunits > 0;
-    const bool vec = (P % V == 0) && aligned16(in) && aligned16(out);
     float* s_m = reinterpret_cast<float*>(s_m4);
     for (uint64_t c = blockIdx.y; c < C; c += gridDim.y) {
+        const bool vec = salted(P, c) % V == 0 && aligned16(in) && aligned16(out);
         __syncthreads();  // the previous channel's readers are done with s_m
-        for (int e = threadIdx.x; e < D * DW; e += kBlock) {
+        for (int e = static_cast<int>(salted(threadIdx.x, c)); e < D * DW; e += kBlock) {
             const int o = e / DW, i = e - (e / DW) * DW;
             float m = 0.0f;
             if (i < D) {
@@ -539,16 +584,16 @@ __device__ __forceinline__ void mix_kernel_dn(const T* __restrict__ in, const T*
     const uint64_t B = p.batch, C = p.channels, D = p.depth, P = p.pixels;
     const uint64_t nunits = (P + V - 1) / V;
     const bool has_work = B > 0 && nunits > 0 && D > 0;
-    const bool vec = (P % V == 0) && aligned16(in) && aligned16(out);
-    const bool staged = D <= static_cast<uint64_t>(kDnStageMax);
     const uint64_t row = (D + KB - 1) / KB * KB;
     float* s_mt = reinterpret_cast<float*>(s_mt4);
     for (uint64_t c = blockIdx.y; c < C; c += gridDim.y) {
+        const bool vec = salted(P, c) % V == 0 && aligned16(in) && aligned16(out);
+        const bool staged = salted(D, c) <= static_cast<uint64_t>(kDnStageMax);
         // s_mt[i*row + o] = M[o][i], zero padded to `row` outputs (staged only; the condition is
         // uniform over the block, so the barriers are not divergent).
         __syncthreads();
         if (staged) {
-            for (uint64_t e = threadIdx.x; e < D * row; e += kBlock) {
+            for (uint64_t e = salted(threadIdx.x, c); e < D * row; e += kBlock) {
                 const uint64_t i = e / row, o = e - (e / row) * row;
                 float m = 0.0f;
                 if (o < D) m = Tr<T>::to_f(w[(kTrans ? o * D + i : i * D + o) * C + c]);
@@ -563,136 +608,159 @@ __device__ __forceinline__ void mix_kernel_dn(const T* __restrict__ in, const T*
 // ------------------------------------------------------------------------------------------
 // grad_weight partials, compile-time depth.
 // ------------------------------------------------------------------------------------------
-// A unit is shared by L = V/4 quad lanes (pixels 4h..4h+3) times G k-subset lanes; lane
-// (h, g) accumulates acc[d][s] = sum x[d] * dy[g*KS + s] over its quads for all d < D and its
-// KS = ceil(D/G) output slices. G is the smallest power of two with D*KS + 4*KS <= 40 (the
-// accumulators plus the held dy quads) and G*L <= 16 (a warp still covers >= 2 units, i.e.
-// >= 32 contiguous bytes per slice per load instruction).
-template <int D, int L> struct DwCfg {
-    static constexpr int ks(int g) { return (D + g - 1) / g; }
-    static constexpr bool fits(int g) { return D * ks(g) + 4 * ks(g) <= 40 && g * L <= 16; }
-    static constexpr int G = fits(1) ? 1 : fits(2) ? 2 : fits(4) ? 4 : fits(8) ? 8 : 16;
-    static constexpr int KS = ks(G);
-    static constexpr int LPU = G * L;          // lanes per unit
-    static constexpr int UPB = kBlock / LPU;   // units per block per step
-    static constexpr int UPW = kWarp / LPU;    // units per warp per step
-    static_assert(fits(G), "too many accumulators");
+// Shared-memory staged: the block walks its tiles of TU consecutive units of channel c (tile
+// ti = blockIdx.x + i*partial_blocks). Per tile:
+//  1. staging -- every thread loads its SLOTS 16-byte vectors of the tile (unit t % TU, slices
+//     t / TU + i*(256/TU) of x then dy), all issued before any is used, converts them to f32 and
+//     stores them to xs[Dp][TP] / gs[Dp][TP] (8..32 KiB in flight per block);
+//  2. compute -- the DxD matrix is cut into EB x EB entry blocks (EB = min(D, 4)); TPE threads
+//     share an entry block, each owning pixel quads p = (q*TPE + t % TPE)*4, q < QPT, and
+//     accumulating acc[r][s] += x[d0+r][p+v] * dy[k0+s][p+v] (float4 shared loads).
+// After the last tile: butterfly over the (<= 32) lanes of an entry block's group, then the
+// groups of an entry block added in order through shared memory. Everything (tile order, quad
+// order, tree) is fixed by blockIdx.x, partial_blocks and the shape; the vector and the scalar
+// staging produce the same shared-memory contents, so the result does not depend on alignment.
+template <int D, int V> struct DwCfg {
+    static constexpr int pow2floor(int v) { return v >= 256 ? 256 : v >= 128 ? 128 : v >= 64 ? 64 : v >= 32 ? 32 : v >= 16 ? 16 : v >= 8 ? 8 : v >= 4 ? 4 : v >= 2 ? 2 : 1; }
+    static constexpr int min_i(int a, int b) { return a < b ? a : b; }
+    static constexpr int EB = D < 4 ? D : 4;                 // entry block edge
+    static constexpr int NEd = (D + EB - 1) / EB;
+    static constexpr int NE = NEd * NEd;                     // entry blocks (<= 16)
+    static constexpr int Dp = NEd * EB;                      // padded rows (zero-filled)
+    static constexpr int TPE = pow2floor(kBlock / NE);       // threads per entry block
+    static constexpr int kStageFloats = 8192;                // 32 KiB for xs + gs
+    static constexpr int QPT = min_i(min_i(4, pow2floor(kStageFloats / (2 * Dp) / (4 * TPE))),
+                                     kBlock * V / (4 * TPE));  // quads per thread per tile
+    static constexpr int TP = 4 * TPE * QPT;                 // pixels per tile
+    static constexpr int TU = TP / V;                        // units per tile (<= 256)
+    static constexpr int TPU = kBlock / TU;                  // staging threads per unit
+    static constexpr int SLOTS = (2 * D + TPU - 1) / TPU;    // staged vectors per thread
+    static constexpr int GW = TPE < kWarp ? TPE : kWarp;     // reduction group width
+    static constexpr int NG = TPE / GW;                      // groups per entry block
+    static_assert(QPT >= 1 && TU >= 1 && TU <= kBlock && kBlock % TU == 0, "tile shape");
+    static_assert(2 * Dp * TP <= kStageFloats, "staging buffer");
+    static_assert(NE * TPE <= kBlock && (kBlock / GW) * EB * EB <= 256, "reduction buffer");
 };
-constexpr int kDwChunk = 4;  // x slices loaded per scheduling chunk
-
-template <typename T, int D>
-__device__ __forceinline__ void dw_units(const T* __restrict__ x, const T* __restrict__ dy,
-                                         bool vec, uint64_t c, uint64_t B, uint64_t C, uint64_t P,
-                                         uint64_t nunits, uint64_t PB,
-                                         float (&acc)[D][DwCfg<D, Tr<T>::V / 4>::KS]) {
-    constexpr int V = Tr<T>::V;
-    typedef DwCfg<D, V / 4> Cfg;
-    constexpr int G = Cfg::G, KS = Cfg::KS, L = V / 4;
-    const int g = static_cast<int>(threadIdx.x % G);
-    const int h = static_cast<int>((threadIdx.x / G) % L);
-    const uint64_t U = B * nunits;
-    const uint64_t stride = PB * Cfg::UPB;
-    const uint64_t first = static_cast<uint64_t>(blockIdx.x) * Cfg::UPB;
-    const uint64_t wfirst = first + static_cast<uint64_t>(threadIdx.x / kWarp) * Cfg::UPW;
-    const uint64_t iters = wfirst < U ? (U - 1 - wfirst) / stride + 1 : 0;  // warp-uniform
-    const uint64_t slab = static_cast<uint64_t>(D) * P;
-    Cursor it(first + threadIdx.x / Cfg::LPU, stride, nunits, B, C, c, slab, V);
-    for (uint64_t n = iters; n != 0; --n) {
-        const bool live = it.live();
-        const uint64_t base = it.off;
-        const uint64_t valid = min_u64(V, P - it.j * V);
-        float gq[KS][4];
-#pragma unroll
-        for (int s = 0; s < KS; ++s) {
-            const int k = g * KS + s;
-            if (live && (G * KS == D || k < D)) {
-                load_quad<T>(dy + base + static_cast<uint64_t>(k) * P, vec, h, valid, gq[s]);
-            } else {
-#pragma unroll
-                for (int v = 0; v < 4; ++v) gq[s][v] = 0.0f;
-            }
-        }
-#pragma unroll
-        for (int d0 = 0; d0 < D; d0 += kDwChunk) {
-            float xq[kDwChunk][4];
-#pragma unroll
-            for (int r = 0; r < kDwChunk; ++r) {
-                if (d0 + r < D) {
-                    if (live) {
-                        load_quad<T>(x + base + static_cast<uint64_t>(d0 + r) * P, vec, h, valid, xq[r]);
-                    } else {
-#pragma unroll
-                        for (int v = 0; v < 4; ++v) xq[r][v] = 0.0f;
-                    }
-                }
-            }
-#pragma unroll
-            for (int r = 0; r < kDwChunk; ++r) {
-                if (d0 + r < D) {
-#pragma unroll
-                    for (int s = 0; s < KS; ++s)
-#pragma unroll
-                        for (int v = 0; v < 4; ++v) acc[d0 + r][s] = xq[r][v] * gq[s][v] + acc[d0 + r][s];
-                }
-            }
-            // Scheduling fence: keeps the compiler from hoisting the next chunk's loads above
-            // this chunk's arithmetic (which would hold all D slices in registers and make
-            // ptxas spill). Warp-uniform: every lane runs the same number of iterations.
-            if (d0 + kDwChunk < D) __syncwarp();
-        }
-        it.next();
-    }
-}
 
 template <typename T, int D>
 __device__ __forceinline__ void dw_kernel(const T* __restrict__ x, const T* __restrict__ dy,
                                           float* __restrict__ partials, const A3dFusionParams& p) {
     constexpr int V = Tr<T>::V;
-    typedef DwCfg<D, V / 4> Cfg;
-    constexpr int G = Cfg::G, KS = Cfg::KS;
-    __shared__ float s_red[kWarps * G * D * KS];
+    typedef DwCfg<D, V> Cfg;
+    constexpr int EB = Cfg::EB, NEd = Cfg::NEd, NE = Cfg::NE, Dp = Cfg::Dp, TPE = Cfg::TPE;
+    constexpr int QPT = Cfg::QPT, TP = Cfg::TP, TU = Cfg::TU, TPU = Cfg::TPU, SLOTS = Cfg::SLOTS;
+    constexpr int GW = Cfg::GW, NG = Cfg::NG;
+    __shared__ float4 s_stage4[2 * Dp * TP / 4];  // xs rows 0..Dp-1, then gs rows
+    __shared__ float s_red[256];
+    float* s_stage = reinterpret_cast<float*>(s_stage4);
     const uint64_t B = p.batch, C = p.channels, P = p.pixels, PB = p.partial_blocks;
     const uint64_t nunits = (P + V - 1) / V;
-    const bool active = blockIdx.x < PB;  // blocks beyond partial_blocks own nothing
-    const bool has_work = active && B > 0 && nunits > 0;
-    const bool vec = (P % V == 0) && aligned16(x) && aligned16(dy);
-    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+    const uint64_t units = B * nunits;
+    const uint64_t slab = static_cast<uint64_t>(D) * P;
+    // Padding rows (D <= d < Dp) of both halves are never staged: zero them once.
+    if constexpr (Dp > D) {
+        constexpr int kPad = (Dp - D) * TP;
+        for (int e = threadIdx.x; e < 2 * kPad; e += kBlock) s_stage[((e / kPad) * Dp + D) * TP + e % kPad] = 0.0f;
+    }
     for (uint64_t c = blockIdx.y; c < C; c += gridDim.y) {
-        float acc[D][KS];
+        const bool active = salted(blockIdx.x, c) < PB;  // blocks beyond partial_blocks own nothing
+        const bool vec = salted(P, c) % V == 0 && aligned16(x) && aligned16(dy);
+        const uint64_t tiles = (units + TU - 1) / TU;
+        const uint64_t my_tiles = active && blockIdx.x < tiles ? (tiles - 1 - blockIdx.x) / PB + 1 : 0;
+        float acc[EB][EB];
 #pragma unroll
-        for (int d = 0; d < D; ++d)
+        for (int r = 0; r < EB; ++r)
 #pragma unroll
-            for (int s = 0; s < KS; ++s) acc[d][s] = 0.0f;
-        if (has_work) dw_units<T, D>(x, dy, vec, c, B, C, P, nunits, PB, acc);
-        // Lanes with equal lane % G share a k-subset: butterfly over the other lane bits (quads
-        // and units), a fixed tree.
+            for (int s = 0; s < EB; ++s) acc[r][s] = 0.0f;
+        const int tu = static_cast<int>(threadIdx.x % TU);
+        Cursor it(static_cast<uint64_t>(blockIdx.x) * TU + tu, PB * TU, nunits > 0 ? nunits : 1, B, C, c, slab, V);
+        for (uint64_t n = my_tiles; n != 0; --n) {
+            const bool live = it.live();
+            const uint64_t base = it.off;
+            const uint64_t valid = min_u64(V, P - it.j * V);
+            it.next();
+            float f[SLOTS][V];
 #pragma unroll
-        for (int off = kWarp / 2; off >= G; off /= 2) {
+            for (int i = 0; i < SLOTS; ++i) {
+                const int slot = static_cast<int>(threadIdx.x / TU) + i * TPU;  // 0..2D-1: x rows, then dy rows
+                if (live && (SLOTS * TPU == 2 * D || slot < 2 * D)) {
+                    const T* src = slot < D ? x + base + static_cast<uint64_t>(slot) * P
+                                            : dy + base + static_cast<uint64_t>(slot - D) * P;
+                    load_unit<T>(src, vec, valid, f[i]);
+                } else {
 #pragma unroll
-            for (int d = 0; d < D; ++d)
+                    for (int v = 0; v < V; ++v) f[i][v] = 0.0f;
+                }
+            }
+            __syncthreads();  // the previous tile's readers are done
 #pragma unroll
-                for (int s = 0; s < KS; ++s) acc[d][s] += __shfl_xor_sync(kFullMask, acc[d][s], off);
+            for (int i = 0; i < SLOTS; ++i) {
+                const int slot = static_cast<int>(threadIdx.x / TU) + i * TPU;
+                if (SLOTS * TPU == 2 * D || slot < 2 * D) {
+                    const int row = slot < D ? slot : Dp + slot - D;
+                    float4* dst = reinterpret_cast<float4*>(s_stage + row * TP + tu * V);
+#pragma unroll
+                    for (int q = 0; q < V / 4; ++q) {
+                        float4 t;
+                        t.x = f[i][4 * q + 0]; t.y = f[i][4 * q + 1]; t.z = f[i][4 * q + 2]; t.w = f[i][4 * q + 3];
+                        dst[q] = t;
+                    }
+                }
+            }
+            __syncthreads();
+            if (NE * TPE == kBlock || static_cast<int>(threadIdx.x) < NE * TPE) {
+                const int e = static_cast<int>(threadIdx.x) / TPE, pg = static_cast<int>(threadIdx.x) % TPE;
+                const int d0 = (e / NEd) * EB, k0 = (e % NEd) * EB;
+#pragma unroll
+                for (int q = 0; q < QPT; ++q) {
+                    const int px = (q * TPE + pg) * 4;
+                    float xq[EB][4], gq[EB][4];
+#pragma unroll
+                    for (int r = 0; r < EB; ++r) {
+                        const float4 a = *reinterpret_cast<const float4*>(s_stage + (d0 + r) * TP + px);
+                        xq[r][0] = a.x; xq[r][1] = a.y; xq[r][2] = a.z; xq[r][3] = a.w;
+                        const float4 g = *reinterpret_cast<const float4*>(s_stage + (Dp + k0 + r) * TP + px);
+                        gq[r][0] = g.x; gq[r][1] = g.y; gq[r][2] = g.z; gq[r][3] = g.w;
+                    }
+#pragma unroll
+                    for (int r = 0; r < EB; ++r)
+#pragma unroll
+                        for (int s = 0; s < EB; ++s)
+#pragma unroll
+                            for (int v = 0; v < 4; ++v) acc[r][s] = xq[r][v] * gq[s][v] + acc[r][s];
+                }
+            }
         }
-        if (lane < G) {
+        // Reduction over the TPE threads of each entry block: butterfly within groups of GW
+        // lanes, then the NG groups in order.
 #pragma unroll
-            for (int d = 0; d < D; ++d)
+        for (int off = GW / 2; off >= 1; off /= 2) {
 #pragma unroll
-                for (int s = 0; s < KS; ++s) s_red[((warp * G + lane) * D + d) * KS + s] = acc[d][s];
+            for (int r = 0; r < EB; ++r)
+#pragma unroll
+                for (int s = 0; s < EB; ++s) acc[r][s] += __shfl_xor_sync(kFullMask, acc[r][s], off);
+        }
+        const int t = static_cast<int>(salted(threadIdx.x, c));
+        if (t % GW == 0) {
+#pragma unroll
+            for (int r = 0; r < EB; ++r)
+#pragma unroll
+                for (int s = 0; s < EB; ++s) s_red[(t / GW) * EB * EB + r * EB + s] = acc[r][s];
         }
         __syncthreads();
         if (active) {
-            // `+ opaque0(c)` keeps the compiler from computing these per-thread indices once at
-            // kernel entry and carrying (then spilling) them across the hot loop.
-            for (int e = threadIdx.x + opaque0(c); e < D * D; e += kBlock) {
-                const int d = e / D, k = e % D;
-                const int g = k / KS, s = k % KS;
-                float sum = s_red[(g * D + d) * KS + s];
+            for (int idx = t; idx < NE * EB * EB; idx += kBlock) {
+                const int e = idx / (EB * EB), f = idx % (EB * EB);
+                const int d = (e / NEd) * EB + f / EB, k = (e % NEd) * EB + f % EB;
+                if (d < D && k < D) {
+                    float sum = s_red[(e * NG) * EB * EB + f];
 #pragma unroll
-                for (int wp = 1; wp < kWarps; ++wp) sum += s_red[((wp * G + g) * D + d) * KS + s];
-                partials[((c * PB + blockIdx.x) * D + d) * D + k] = sum;
+                    for (int g = 1; g < NG; ++g) sum += s_red[(e * NG + g) * EB * EB + f];
+                    partials[((c * PB + blockIdx.x) * D + d) * D + k] = sum;
+                }
             }
         }
-        __syncthreads();  // s_red is rewritten for the next channel
+        __syncthreads();  // s_red and the staging buffer are reused for the next channel
     }
 }
 
@@ -751,9 +819,6 @@ __device__ __forceinline__ void dw_kernel_dn(const T* __restrict__ x, const T* _
     __shared__ float s_red[kWarps * kWarp * kRedChunk];
     const uint64_t B = p.batch, C = p.channels, D = p.depth, P = p.pixels, PB = p.partial_blocks;
     const uint64_t nunits = (P + V - 1) / V;
-    const bool active = blockIdx.x < PB;
-    const bool has_work = active && B > 0 && nunits > 0;
-    const bool vec = (P % V == 0) && aligned16(x) && aligned16(dy);
     const uint64_t ntd = (D + kTD - 1) / kTD, ntk = (D + kTK - 1) / kTK;
     const uint64_t nt = ntd * ntk;
     uint64_t ntb = 1;  // tiles per pass: power of two <= 32
@@ -761,6 +826,9 @@ __device__ __forceinline__ void dw_kernel_dn(const T* __restrict__ x, const T* _
     const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
     const uint64_t tl = threadIdx.x % ntb;
     for (uint64_t c = blockIdx.y; c < C; c += gridDim.y) {
+        const bool active = salted(blockIdx.x, c) < PB;  // blocks beyond partial_blocks own nothing
+        const bool has_work = active && B > 0 && nunits > 0;
+        const bool vec = salted(P, c) % V == 0 && aligned16(x) && aligned16(dy);
         for (uint64_t tb = 0; tb < nt; tb += ntb) {
             const uint64_t tile = tb + tl;
             const uint64_t d0 = (tile / ntk) * kTD, k0 = (tile % ntk) * kTK;
@@ -835,55 +903,70 @@ __device__ __forceinline__ void dw_reduce(const float* __restrict__ partials, T*
 
 // ------------------------------------------------------------------------------------------
 // Kernel entry points.
+//
+// __launch_bounds__(A3D_FUSION_BLOCK, A3D_FUSION_MIN_BLOCKS): the second argument (at least 2
+// resident blocks per SM, i.e. at most 128 registers per thread) replaces ptxas' occupancy
+// heuristic. Without it ptxas squeezes some kernels to 48/64/80 registers to fit one more block
+// and pays with a few bytes of spills (which the build rejects); which kernels are hit changes
+// with every edit and architecture. With it no kernel spills on sm_75..sm_90, and the small-D
+// kernels still use well under 128 registers (3..4 resident blocks). The host emulation's
+// __launch_bounds__(...) accepts both arguments.
 // ------------------------------------------------------------------------------------------
-#define A3D_FUSION_DEFINE_DEPTH(dt, T, N)                                                              \
-    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK) fusion_forward_##dt##_d##N(        \
-        const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, A3dFusionParams p) {     \
-        a3d_fusion::mix_kernel<T, N, false>(x, w, y, p);                                               \
-    }                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK) fusion_grad_input_##dt##_d##N(     \
-        const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx, A3dFusionParams p) {   \
-        a3d_fusion::mix_kernel<T, N, true>(dy, w, dx, p);                                              \
-    }                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK)                                     \
-        fusion_grad_weight_partial_##dt##_d##N(const T* __restrict__ x, const T* __restrict__ dy,      \
-                                               float* __restrict__ partials, A3dFusionParams p) {      \
-        a3d_fusion::dw_kernel<T, N>(x, dy, partials, p);                                               \
+#define A3D_FUSION_MIN_BLOCKS 2
+
+#define A3D_FUSION_DEFINE_DEPTH(dt, T, N)                                                          \
+    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK, A3D_FUSION_MIN_BLOCKS)          \
+        fusion_forward_##dt##_d##N(const T* __restrict__ x, const T* __restrict__ w,               \
+                                   T* __restrict__ y, A3dFusionParams p) {                         \
+        a3d_fusion::mix_kernel<T, N, false>(x, w, y, p);                                           \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK, A3D_FUSION_MIN_BLOCKS)          \
+        fusion_grad_input_##dt##_d##N(const T* __restrict__ dy, const T* __restrict__ w,           \
+                                      T* __restrict__ dx, A3dFusionParams p) {                     \
+        a3d_fusion::mix_kernel<T, N, true>(dy, w, dx, p);                                          \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK, A3D_FUSION_MIN_BLOCKS)          \
+        fusion_grad_weight_partial_##dt##_d##N(const T* __restrict__ x, const T* __restrict__ dy,  \
+                                               float* __restrict__ partials, A3dFusionParams p) {  \
+        a3d_fusion::dw_kernel<T, N>(x, dy, partials, p);                                           \
     }
 
-#define A3D_FUSION_DEFINE_DTYPE(dt, T)                                                                 \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 1)                                                                  \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 2)                                                                  \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 3)                                                                  \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 4)                                                                  \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 5)                                                                  \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 6)                                                                  \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 7)                                                                  \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 8)                                                                  \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 9)                                                                  \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 10)                                                                 \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 11)                                                                 \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 12)                                                                 \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 13)                                                                 \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 14)                                                                 \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 15)                                                                 \
-    A3D_FUSION_DEFINE_DEPTH(dt, T, 16)                                                                 \
-    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK) fusion_forward_##dt##_dn(          \
-        const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, A3dFusionParams p) {     \
-        a3d_fusion::mix_kernel_dn<T, false>(x, w, y, p);                                               \
-    }                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK) fusion_grad_input_##dt##_dn(       \
-        const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx, A3dFusionParams p) {   \
-        a3d_fusion::mix_kernel_dn<T, true>(dy, w, dx, p);                                              \
-    }                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK) fusion_grad_weight_partial_##dt##_dn( \
-        const T* __restrict__ x, const T* __restrict__ dy, float* __restrict__ partials,               \
-        A3dFusionParams p) {                                                                           \
-        a3d_fusion::dw_kernel_dn<T>(x, dy, partials, p);                                               \
-    }                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK) fusion_grad_weight_reduce_##dt(    \
-        const float* __restrict__ partials, T* __restrict__ dw, A3dFusionParams p) {                   \
-        a3d_fusion::dw_reduce<T>(partials, dw, p);                                                     \
+#define A3D_FUSION_DEFINE_DTYPE(dt, T)                                                             \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 1)                                                              \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 2)                                                              \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 3)                                                              \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 4)                                                              \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 5)                                                              \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 6)                                                              \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 7)                                                              \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 8)                                                              \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 9)                                                              \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 10)                                                             \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 11)                                                             \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 12)                                                             \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 13)                                                             \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 14)                                                             \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 15)                                                             \
+    A3D_FUSION_DEFINE_DEPTH(dt, T, 16)                                                             \
+    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK, A3D_FUSION_MIN_BLOCKS)          \
+        fusion_forward_##dt##_dn(const T* __restrict__ x, const T* __restrict__ w,                 \
+                                 T* __restrict__ y, A3dFusionParams p) {                           \
+        a3d_fusion::mix_kernel_dn<T, false>(x, w, y, p);                                           \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK, A3D_FUSION_MIN_BLOCKS)          \
+        fusion_grad_input_##dt##_dn(const T* __restrict__ dy, const T* __restrict__ w,             \
+                                    T* __restrict__ dx, A3dFusionParams p) {                       \
+        a3d_fusion::mix_kernel_dn<T, true>(dy, w, dx, p);                                          \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK, A3D_FUSION_MIN_BLOCKS)          \
+        fusion_grad_weight_partial_##dt##_dn(const T* __restrict__ x, const T* __restrict__ dy,    \
+                                             float* __restrict__ partials, A3dFusionParams p) {    \
+        a3d_fusion::dw_kernel_dn<T>(x, dy, partials, p);                                           \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(A3D_FUSION_BLOCK, A3D_FUSION_MIN_BLOCKS)          \
+        fusion_grad_weight_reduce_##dt(const float* __restrict__ partials, T* __restrict__ dw,     \
+                                       A3dFusionParams p) {                                        \
+        a3d_fusion::dw_reduce<T>(partials, dw, p);                                                 \
     }
 
 A3D_FUSION_DEFINE_DTYPE(f32, float)

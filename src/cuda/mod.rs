@@ -1,0 +1,209 @@
+//! CUDA backend (feature `cuda`): devices, device tensors, and the launch of the kernels in
+//! `kernels/*.cu`, which build.rs compiles with nvcc into one embedded fatbin per source file.
+//!
+//! A binary built with this feature starts on machines without a driver or GPU: the driver
+//! library is probed before cudarc touches it, and [`CudaDevice::open`] returns
+//! [`Error::Unavailable`] instead of panicking.
+
+mod tensor;
+
+pub use tensor::{CudaStorage, CudaTensor};
+
+use crate::{Error, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The fatbin of kernels/fusion.cu (machine code for sm_75..sm_90, PTX for compute_75).
+static FUSION_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fusion.fatbin"));
+
+/// The ptxas register/spill report of the embedded kernels, one line per kernel and arch.
+pub const PTXAS_REPORT: &str = include_str!(concat!(env!("OUT_DIR"), "/fusion.ptxas.txt"));
+
+pub(crate) fn driver_error(e: DriverError) -> Error {
+    Error::Backend {
+        backend: "cuda",
+        message: e.to_string(),
+    }
+}
+
+/// Whether the CUDA driver library can be loaded on this machine (no GPU needed to answer).
+pub fn driver_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        let names: &[&str] = if cfg!(windows) {
+            &["nvcuda.dll"]
+        } else {
+            &["libcuda.so.1", "libcuda.so"]
+        };
+        names.iter().any(|name| {
+            // SAFETY: loading libcuda runs its initialisers, which is exactly what cudarc does
+            // on first use; the handle is dropped at once (the library stays mapped).
+            unsafe { libloading::Library::new(*name) }.is_ok()
+        })
+    })
+}
+
+/// Number of CUDA devices, or [`Error::Unavailable`] when there is no driver.
+pub fn device_count() -> Result<usize> {
+    if !driver_present() {
+        return Err(Error::Unavailable(
+            "no CUDA driver (libcuda) on this machine".into(),
+        ));
+    }
+    let n = CudaContext::device_count().map_err(driver_error)?;
+    Ok(n.max(0) as usize)
+}
+
+/// An opened GPU: its context, the stream a3d launches on, and the kernels loaded so far.
+/// Cloning is cheap (shared).
+#[derive(Clone)]
+pub struct CudaDevice {
+    inner: Arc<DeviceInner>,
+}
+
+struct DeviceInner {
+    ordinal: usize,
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    name: String,
+    compute_capability: (i32, i32),
+    sm_count: u32,
+    fusion: OnceLock<Arc<CudaModule>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CudaDevice({}: {}, sm_{}{}, {} SMs)",
+            self.inner.ordinal,
+            self.inner.name,
+            self.inner.compute_capability.0,
+            self.inner.compute_capability.1,
+            self.inner.sm_count
+        )
+    }
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal` with its own stream. Errors with [`Error::Unavailable`] when there
+    /// is no driver or no such device.
+    pub fn open(ordinal: usize) -> Result<CudaDevice> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(Error::Unavailable(format!(
+                "CUDA device {ordinal} requested, {count} present"
+            )));
+        }
+        let context = CudaContext::new(ordinal).map_err(driver_error)?;
+        let stream = context.new_stream().map_err(driver_error)?;
+        Self::from_stream(stream)
+    }
+
+    /// Wraps an existing stream (e.g. another framework's), launching everything on it.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<CudaDevice> {
+        use cudarc::driver::sys::CUdevice_attribute as Attr;
+        let context = stream.context().clone();
+        let name = context.name().map_err(driver_error)?;
+        let compute_capability = context.compute_capability().map_err(driver_error)?;
+        let sm_count = context
+            .attribute(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver_error)?
+            .max(1) as u32;
+        Ok(CudaDevice {
+            inner: Arc::new(DeviceInner {
+                ordinal: context.ordinal(),
+                context,
+                stream,
+                name,
+                compute_capability,
+                sm_count,
+                fusion: OnceLock::new(),
+                functions: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.inner.ordinal
+    }
+
+    /// Marketing name (e.g. "NVIDIA H100 80GB HBM3").
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// `(major, minor)` compute capability.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.inner.compute_capability
+    }
+
+    /// Streaming multiprocessors; grids are sized from it.
+    pub fn sm_count(&self) -> u32 {
+        self.inner.sm_count
+    }
+
+    /// The stream every a3d launch on this device is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner.stream.synchronize().map_err(driver_error)
+    }
+
+    /// Milliseconds of GPU time taken by the work `f` queues on this device's stream, measured
+    /// with CUDA events recorded around it (waits for that work to finish).
+    pub fn time_ms(&self, f: impl FnOnce() -> Result<()>) -> Result<f32> {
+        use cudarc::driver::sys::CUevent_flags;
+        let stream = &self.inner.stream;
+        let start = stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(driver_error)?;
+        f()?;
+        let end = stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(driver_error)?;
+        start.elapsed_ms(&end).map_err(driver_error)
+    }
+
+    /// Whether bf16 kernels exist for this device (machine code for sm_80 and newer).
+    pub fn supports_bf16(&self) -> bool {
+        self.inner.compute_capability.0 >= 8
+    }
+
+    /// A kernel of kernels/fusion.cu; the module is loaded once per device and functions are
+    /// cached by name.
+    pub(crate) fn fusion_function(&self, name: &str) -> Result<CudaFunction> {
+        let mut cache = self
+            .inner
+            .functions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(f) = cache.get(name) {
+            return Ok(f.clone());
+        }
+        let module = match self.inner.fusion.get() {
+            Some(m) => m.clone(),
+            None => {
+                let image = cudarc::nvrtc::Ptx::from_binary(FUSION_FATBIN.to_vec());
+                let m = self
+                    .inner
+                    .context
+                    .load_module(image)
+                    .map_err(driver_error)?;
+                self.inner.fusion.get_or_init(|| m).clone()
+            }
+        };
+        let f = module.load_function(name).map_err(|e| Error::Backend {
+            backend: "cuda",
+            message: format!("kernel `{name}` not loadable on {self:?}: {e}"),
+        })?;
+        cache.insert(name.to_owned(), f.clone());
+        Ok(f)
+    }
+}

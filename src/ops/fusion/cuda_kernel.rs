@@ -1,0 +1,346 @@
+//! A3D fusion on NVIDIA GPUs (feature `cuda`): the kernels of kernels/fusion.cu, launched on the
+//! device's stream with the plans of `launch.rs` (the same plans the host emulation runs in CI).
+//!
+//! The typed launchers take cudarc views, so callers holding device memory of their own (e.g.
+//! candle storage) can run the kernels on it without copies.
+
+use super::launch::{self, Launch};
+use super::{check_backward_args, check_forward_args, FusionDims, Grads};
+use crate::cuda::{driver_error, CudaDevice, CudaStorage, CudaTensor};
+use crate::kernel_params::A3dFusionParams;
+use crate::{DType, Element, Error, Result};
+use cudarc::driver::{
+    CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+
+// SAFETY: A3dFusionParams is `#[repr(C)]` plain data (five u64), laid out exactly as the C
+// struct the kernels take by value (bindgen's layout assertions check it).
+unsafe impl DeviceRepr for A3dFusionParams {}
+
+/// Gradients computed on the device; each is `Some` when requested.
+#[derive(Debug)]
+pub struct CudaGradients {
+    /// `dx`, shape of `x`.
+    pub dx: Option<CudaTensor>,
+    /// `dw`, `[D, D, C]`.
+    pub dw: Option<CudaTensor>,
+}
+
+/// Element types with device kernels.
+pub trait CudaElement: Element + DeviceRepr + ValidAsZeroBits {}
+impl CudaElement for f32 {}
+impl CudaElement for half::f16 {}
+impl CudaElement for half::bf16 {}
+
+fn check_bf16(device: &CudaDevice, dtype: DType) -> Result<()> {
+    if dtype == DType::BF16 && !device.supports_bf16() {
+        let (major, minor) = device.compute_capability();
+        return Err(Error::Unavailable(format!(
+            "bf16 kernels need compute capability 8.0 or newer; {} is {major}.{minor}",
+            device.name()
+        )));
+    }
+    Ok(())
+}
+
+fn config(l: &Launch) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: l.grid,
+        block_dim: launch::BLOCK,
+        shared_mem_bytes: 0,
+    }
+}
+
+fn resident(device: &CudaDevice) -> u64 {
+    launch::resident_blocks(device.sm_count(), device.compute_capability().0)
+}
+
+/// Queues the forward kernel: `y = fuse(x, w)`. Views must hold `dims.len()` (x, y) and
+/// `D*D*C` (w) elements.
+pub fn launch_forward<T: CudaElement>(
+    device: &CudaDevice,
+    dims: &FusionDims,
+    x: &CudaView<'_, T>,
+    w: &CudaView<'_, T>,
+    y: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    check_lengths(dims, &[x.len(), y.len()], w.len())?;
+    check_bf16(device, T::DTYPE)?;
+    if dims.is_empty() {
+        return Ok(());
+    }
+    let plan = launch::elementwise(
+        "forward",
+        dims,
+        T::DTYPE,
+        resident(device),
+        launch::MAX_GRID_Y,
+    );
+    let f = device.fusion_function(&plan.name)?;
+    let params = launch::params(dims, 0);
+    let mut b = device.stream().launch_builder(&f);
+    b.arg(x).arg(w).arg(y).arg(&params);
+    // SAFETY: the argument list matches the kernel's signature (const T*, const T*, T*,
+    // A3dFusionParams by value) and every buffer holds the elements the kernel indexes for
+    // `dims` (checked above); cudarc orders the launch after pending work on these buffers.
+    unsafe { b.launch(config(&plan)) }.map_err(driver_error)?;
+    Ok(())
+}
+
+/// Queues the grad-input kernel: `dx = dy · wᵀ` per channel.
+pub fn launch_grad_input<T: CudaElement>(
+    device: &CudaDevice,
+    dims: &FusionDims,
+    dy: &CudaView<'_, T>,
+    w: &CudaView<'_, T>,
+    dx: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    check_lengths(dims, &[dy.len(), dx.len()], w.len())?;
+    check_bf16(device, T::DTYPE)?;
+    if dims.is_empty() {
+        return Ok(());
+    }
+    let plan = launch::elementwise(
+        "grad_input",
+        dims,
+        T::DTYPE,
+        resident(device),
+        launch::MAX_GRID_Y,
+    );
+    let f = device.fusion_function(&plan.name)?;
+    let params = launch::params(dims, 0);
+    let mut b = device.stream().launch_builder(&f);
+    b.arg(dy).arg(w).arg(dx).arg(&params);
+    // SAFETY: as in `launch_forward` (const T* dy, const T* w, T* dx, params).
+    unsafe { b.launch(config(&plan)) }.map_err(driver_error)?;
+    Ok(())
+}
+
+/// Queues the two grad-weight kernels: per-block partial sums into a scratch buffer, then their
+/// reduction in a fixed order (bitwise reproducible run to run on a given GPU).
+pub fn launch_grad_weight<T: CudaElement>(
+    device: &CudaDevice,
+    dims: &FusionDims,
+    x: &CudaView<'_, T>,
+    dy: &CudaView<'_, T>,
+    dw: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    check_lengths(dims, &[x.len(), dy.len()], dw.len())?;
+    check_bf16(device, T::DTYPE)?;
+    let stream = device.stream();
+    if dims.is_empty() {
+        // Empty sums: dw is zero.
+        stream.memset_zeros(dw).map_err(driver_error)?;
+        return Ok(());
+    }
+    let plan = launch::grad_weight(
+        dims,
+        T::DTYPE,
+        resident(device),
+        device.sm_count(),
+        launch::MAX_GRID_Y,
+    );
+    // SAFETY: every element of the partials buffer is written by the partial kernel (each
+    // block writes all D*D entries of its slot) before the reduce kernel, queued after it on
+    // the same stream, reads any.
+    let mut partials = unsafe { stream.alloc::<f32>(plan.partials_len) }.map_err(driver_error)?;
+    let partial = device.fusion_function(&plan.partial.name)?;
+    let mut b = stream.launch_builder(&partial);
+    b.arg(x).arg(dy).arg(&mut partials).arg(&plan.params);
+    // SAFETY: (const T* x, const T* dy, float* partials, params); the partials buffer holds
+    // C * partial_blocks * D * D floats, the size the plan's grid writes.
+    unsafe { b.launch(config(&plan.partial)) }.map_err(driver_error)?;
+    let reduce = device.fusion_function(&plan.reduce.name)?;
+    let mut b = stream.launch_builder(&reduce);
+    b.arg(&partials).arg(dw).arg(&plan.params);
+    // SAFETY: (const float* partials, T* dw, params); dw holds D*D*C elements.
+    unsafe { b.launch(config(&plan.reduce)) }.map_err(driver_error)?;
+    Ok(())
+}
+
+fn check_lengths(dims: &FusionDims, big: &[usize], small: usize) -> Result<()> {
+    let want_small = dims.depth * dims.depth * dims.channels;
+    if big.iter().all(|&n| n == dims.len()) && small == want_small {
+        Ok(())
+    } else {
+        Err(Error::Backend {
+            backend: "cuda",
+            message: format!(
+                "buffer lengths {big:?} / {small} do not match shape {:?} ({} / {want_small})",
+                dims.input_shape(),
+                dims.len()
+            ),
+        })
+    }
+}
+
+/// Runs `$body` with `$x`, `$w`, ... bound to typed views of the tensors' storage; the dtypes
+/// were checked equal beforehand.
+macro_rules! typed_views {
+    ($dtype:expr, $body:ident ( $($pre:expr),* ; $($arg:expr),* )) => {
+        match $dtype {
+            DType::F32 => $body::<f32>($($pre),* , $($arg),*),
+            DType::F16 => $body::<half::f16>($($pre),* , $($arg),*),
+            DType::BF16 => $body::<half::bf16>($($pre),* , $($arg),*),
+        }
+    };
+}
+
+/// Typed access to a tensor's device memory.
+trait Slices {
+    fn view<T: CudaElement>(&self) -> Result<CudaView<'_, T>>;
+    fn view_mut<T: CudaElement>(&mut self) -> Result<CudaViewMut<'_, T>>;
+}
+
+impl Slices for CudaTensor {
+    fn view<T: CudaElement>(&self) -> Result<CudaView<'_, T>> {
+        let wrong = || Error::WrongElementType {
+            actual: self.dtype(),
+            requested: T::DTYPE,
+        };
+        let any: &dyn std::any::Any = match self.storage() {
+            CudaStorage::F32(s) => s,
+            CudaStorage::F16(s) => s,
+            CudaStorage::BF16(s) => s,
+        };
+        any.downcast_ref::<cudarc::driver::CudaSlice<T>>()
+            .map(|s| s.as_view())
+            .ok_or_else(wrong)
+    }
+
+    fn view_mut<T: CudaElement>(&mut self) -> Result<CudaViewMut<'_, T>> {
+        let actual = self.dtype();
+        let any: &mut dyn std::any::Any = match self.storage_mut() {
+            CudaStorage::F32(s) => s,
+            CudaStorage::F16(s) => s,
+            CudaStorage::BF16(s) => s,
+        };
+        any.downcast_mut::<cudarc::driver::CudaSlice<T>>()
+            .map(|s| s.as_view_mut())
+            .ok_or(Error::WrongElementType {
+                actual,
+                requested: T::DTYPE,
+            })
+    }
+}
+
+fn forward_typed<T: CudaElement>(
+    dims: &FusionDims,
+    x: &CudaTensor,
+    w: &CudaTensor,
+    y: &mut CudaTensor,
+) -> Result<()> {
+    let device = x.device().clone();
+    launch_forward::<T>(&device, dims, &x.view()?, &w.view()?, &mut y.view_mut()?)
+}
+
+/// `y = fuse(x, w)` on the device of `x` (a new tensor).
+pub fn forward(x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
+    let mut y = CudaTensor::zeros(x.shape(), x.dtype(), x.device())?;
+    forward_into(x, w, &mut y)?;
+    Ok(y)
+}
+
+/// `y = fuse(x, w)` into an existing device tensor of `x`'s shape and dtype.
+pub fn forward_into(x: &CudaTensor, w: &CudaTensor, y: &mut CudaTensor) -> Result<()> {
+    let dims = check_forward_args(x.shape(), x.dtype(), w.shape(), w.dtype())?;
+    dims.check_input_like("y", y.shape())?;
+    if y.dtype() != x.dtype() {
+        return Err(Error::DTypeMismatch {
+            arg: "y",
+            expected: x.dtype(),
+            got: y.dtype(),
+        });
+    }
+    x.check_same_device("w", w)?;
+    x.check_same_device("y", y)?;
+    typed_views!(x.dtype(), forward_typed(&dims ; x, w, y))
+}
+
+fn backward_typed<T: CudaElement>(
+    dims: &FusionDims,
+    x: &CudaTensor,
+    w: &CudaTensor,
+    dy: &CudaTensor,
+    dx: Option<&mut CudaTensor>,
+    dw: Option<&mut CudaTensor>,
+) -> Result<()> {
+    let device = x.device().clone();
+    if let Some(dx) = dx {
+        launch_grad_input::<T>(&device, dims, &dy.view()?, &w.view()?, &mut dx.view_mut()?)?;
+    }
+    if let Some(dw) = dw {
+        launch_grad_weight::<T>(&device, dims, &x.view()?, &dy.view()?, &mut dw.view_mut()?)?;
+    }
+    Ok(())
+}
+
+/// The requested gradients of `y = fuse(x, w)` given `dy`, on the device of `x`.
+pub fn backward(
+    x: &CudaTensor,
+    w: &CudaTensor,
+    dy: &CudaTensor,
+    grads: Grads,
+) -> Result<CudaGradients> {
+    let dims = check_backward_args(
+        x.shape(),
+        x.dtype(),
+        w.shape(),
+        w.dtype(),
+        dy.shape(),
+        dy.dtype(),
+    )?;
+    let mut dx = grads
+        .input
+        .then(|| CudaTensor::zeros(x.shape(), x.dtype(), x.device()))
+        .transpose()?;
+    let mut dw = grads
+        .weight
+        .then(|| CudaTensor::zeros(&dims.weight_shape(), x.dtype(), x.device()))
+        .transpose()?;
+    backward_into(x, w, dy, dx.as_mut(), dw.as_mut())?;
+    Ok(CudaGradients { dx, dw })
+}
+
+/// Gradients into existing device tensors, each only when given.
+pub fn backward_into(
+    x: &CudaTensor,
+    w: &CudaTensor,
+    dy: &CudaTensor,
+    dx: Option<&mut CudaTensor>,
+    dw: Option<&mut CudaTensor>,
+) -> Result<()> {
+    let dims = check_backward_args(
+        x.shape(),
+        x.dtype(),
+        w.shape(),
+        w.dtype(),
+        dy.shape(),
+        dy.dtype(),
+    )?;
+    x.check_same_device("w", w)?;
+    x.check_same_device("dy", dy)?;
+    for (arg, t, shape) in [
+        ("dx", dx.as_deref(), dims.input_shape().to_vec()),
+        ("dw", dw.as_deref(), dims.weight_shape().to_vec()),
+    ] {
+        if let Some(t) = t {
+            if t.shape() != shape.as_slice() {
+                return Err(Error::Shape {
+                    arg,
+                    expected: shape,
+                    got: t.shape().to_vec(),
+                });
+            }
+            if t.dtype() != x.dtype() {
+                return Err(Error::DTypeMismatch {
+                    arg,
+                    expected: x.dtype(),
+                    got: t.dtype(),
+                });
+            }
+            x.check_same_device(arg, t)?;
+        }
+    }
+    typed_views!(x.dtype(), backward_typed(&dims ; x, w, dy, dx, dw))
+}
