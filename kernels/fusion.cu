@@ -90,7 +90,7 @@
 //
 // HOST EMULATION (kernels/emulation/cuda_host_shim.h, g++ -std=c++20): uses only threadIdx /
 // blockIdx / blockDim / gridDim, __syncthreads (block-uniform control flow only, no early
-// return before it), __syncwarp and __shfl_xor_sync with the full mask executed by all 32
+// return before it), __shfl_xor_sync with the full mask executed by all 32
 // lanes (the loops around them have warp-uniform trip counts), statically sized __shared__
 // arrays in function bodies, the fp16/bf16 conversion functions and the __half_raw /
 // __nv_bfloat16_raw bit views of cuda_fp16.h / cuda_bf16.h, float4/uint2/uint4 with

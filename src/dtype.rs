@@ -82,6 +82,8 @@ pub trait Element: sealed::Sealed + Copy + Send + Sync + PartialEq + fmt::Debug 
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
     /// The slice itself when `Self` is `f32`.
     fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
+    /// An f32 slice as `&[Self]` when `Self` is `f32`.
+    fn f32_as_self(s: &[f32]) -> Option<&[Self]>;
 }
 
 impl Element for f32 {
@@ -108,6 +110,10 @@ impl Element for f32 {
     }
     #[inline(always)]
     fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
+    #[inline(always)]
+    fn f32_as_self(s: &[f32]) -> Option<&[Self]> {
         Some(s)
     }
 }
@@ -140,6 +146,10 @@ impl Element for f16 {
     }
     #[inline(always)]
     fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+    #[inline(always)]
+    fn f32_as_self(_: &[f32]) -> Option<&[Self]> {
         None
     }
 }
@@ -231,6 +241,10 @@ impl Element for bf16 {
     }
     #[inline(always)]
     fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+    #[inline(always)]
+    fn f32_as_self(_: &[f32]) -> Option<&[Self]> {
         None
     }
 }

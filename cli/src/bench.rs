@@ -80,7 +80,7 @@ impl Row {
 
 pub fn print_header(threads: usize) {
     crate::say!(
-        "threads: {threads}; median of the timed runs; copy = read + write of x's bytes once"
+        "threads: {threads}; medians of interleaved runs; copy = read + write of x's bytes once"
     );
     crate::say!(
         "{:<7} {:<9} {:<5} {:<5} {:<20} {:>10} {:>10} {:>8} {:>8}",
@@ -96,35 +96,52 @@ pub fn print_header(threads: usize) {
     );
 }
 
-/// Median wall time in milliseconds of `f` over `runs` runs, after two warm-up runs.
-pub fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    f();
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
+/// Median wall times in milliseconds of each of `passes`, over `runs` rounds after two warm-up
+/// rounds. Every round runs every pass once, so a change of machine load during the benchmark
+/// shifts all of them alike and their ratios stay meaningful.
+pub fn interleaved_medians_ms(runs: usize, passes: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    let mut times = vec![Vec::with_capacity(runs); passes.len()];
+    for round in 0..runs + 2 {
+        for (pass, t) in passes.iter_mut().zip(&mut times) {
             let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64() * 1e3
+            pass();
+            if round >= 2 {
+                t.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
         })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+        .collect()
 }
 
-/// Time to copy `bytes` bytes once between two preallocated buffers: the faster of one
-/// `memcpy` and a copy split over the current rayon pool.
-pub fn copy_ms(bytes: usize, runs: usize) -> f64 {
-    let src: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
-    let mut dst = vec![0u8; bytes];
-    let single = median_ms(runs, || dst.copy_from_slice(&src));
-    let block = (bytes / (4 * rayon::current_num_threads())).clamp(1 << 16, 1 << 22);
-    let parallel = median_ms(runs, || {
-        dst.par_chunks_mut(block)
-            .zip(src.par_chunks(block))
-            .for_each(|(d, s)| d.copy_from_slice(s))
-    });
-    std::hint::black_box(&dst);
-    single.min(parallel)
+/// Copies `bytes` bytes once between two preallocated buffers, split over the current rayon
+/// pool (on a memory-bound machine one core cannot reach the copy bandwidth).
+struct Copy {
+    src: Vec<u8>,
+    dst: Vec<u8>,
+}
+
+impl Copy {
+    fn new(bytes: usize) -> Copy {
+        Copy {
+            src: (0..bytes).map(|i| (i * 31 % 251) as u8).collect(),
+            dst: vec![0u8; bytes],
+        }
+    }
+
+    fn run(&mut self) {
+        let block = (self.src.len() / (4 * rayon::current_num_threads())).clamp(1 << 16, 1 << 22);
+        self.dst
+            .par_chunks_mut(block)
+            .zip(self.src.par_chunks(block))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        std::hint::black_box(&self.dst);
+    }
 }
 
 /// Forward and backward (dx + dw) of fusion on the CPU, outputs preallocated (as for the copy).
@@ -143,21 +160,22 @@ pub fn fusion_cpu(shape: [usize; 5], dtype: DType, runs: usize) -> Result<Vec<Ro
     let mut dw = Tensor::zeros(w.shape(), dtype).map_err(|e| e.to_string())?;
 
     let x_bytes = x.size_in_bytes();
-    let copy = copy_ms(x_bytes, runs);
-    let mut err = None;
-    let fwd = median_ms(runs, || {
-        if let Err(e) = fusion::forward_into(&x, &w, &mut y) {
-            err = Some(e);
-        }
-    });
-    let bwd = median_ms(runs, || {
-        if let Err(e) = fusion::backward_into(&x, &w, &dy, Some(&mut dx), Some(&mut dw)) {
-            err = Some(e);
-        }
-    });
-    if let Some(e) = err {
-        return Err(e.to_string());
-    }
+    let mut copy = Copy::new(x_bytes);
+    // Arguments were built valid above; check once so the timed calls cannot fail.
+    fusion::forward_into(&x, &w, &mut y).map_err(|e| e.to_string())?;
+    fusion::backward_into(&x, &w, &dy, Some(&mut dx), Some(&mut dw)).map_err(|e| e.to_string())?;
+    let mut run_copy = || copy.run();
+    let mut run_forward = || {
+        let _ = fusion::forward_into(&x, &w, &mut y);
+    };
+    let mut run_backward = || {
+        let _ = fusion::backward_into(&x, &w, &dy, Some(&mut dx), Some(&mut dw));
+    };
+    let medians = interleaved_medians_ms(
+        runs,
+        &mut [&mut run_copy, &mut run_forward, &mut run_backward],
+    );
+    let (copy, fwd, bwd) = (medians[0], medians[1], medians[2]);
     let row = |pass, median_ms, bytes| Row {
         op: "fusion",
         pass,

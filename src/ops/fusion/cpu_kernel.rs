@@ -26,27 +26,104 @@ fn tile_pixels(depth: usize) -> usize {
     ((2048 / depth.max(1)) / LANES * LANES).clamp(64, 512)
 }
 
-/// Multiply-add `a * b + c`: fused where the instruction set has FMA, separate otherwise (a
-/// software `fma` call would be far slower than two instructions).
-trait MulAdd {
+/// What the kernels need from an instruction-set tier: a multiply-add and a streaming copy.
+/// The methods are `#[inline(always)]`, so they compile inside each tier's `target_feature`
+/// instantiation with that tier's instructions.
+trait Tier {
+    /// `a * b + c`: fused where the tier has FMA, separate otherwise (a software `fma` call
+    /// would be far slower than two instructions).
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
+    /// Bytes of the tier's widest non-temporal store (its required alignment).
+    const STREAM_BYTES: usize;
+    /// Stores `bytes` bytes from `src` to `dst` (aligned to `STREAM_BYTES`) without
+    /// read-for-ownership.
+    ///
+    /// # Safety
+    /// `src` valid for reading and `dst` for writing `bytes` bytes, `bytes` a multiple of
+    /// `STREAM_BYTES`, `dst` aligned to it, and the tier's features present.
+    unsafe fn stream(dst: *mut u8, src: *const u8, bytes: usize);
 }
 
-/// One rounding (`vfmadd`); used by the AVX2 and AVX-512 instantiations.
-struct Fused;
-impl MulAdd for Fused {
+/// AVX-512 + FMA: 64-byte non-temporal stores.
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+#[cfg(target_arch = "x86_64")]
+impl Tier for Avx512 {
     #[inline(always)]
     fn mul_add(a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)
     }
+    const STREAM_BYTES: usize = 64;
+    #[inline(always)]
+    unsafe fn stream(dst: *mut u8, src: *const u8, bytes: usize) {
+        use std::arch::x86_64::{__m512i, _mm512_loadu_si512, _mm512_stream_si512};
+        let mut i = 0;
+        while i < bytes {
+            // SAFETY: in bounds and aligned by this function's contract.
+            unsafe {
+                let v = _mm512_loadu_si512(src.add(i).cast::<__m512i>());
+                _mm512_stream_si512(dst.add(i).cast::<__m512i>(), v);
+            }
+            i += 64;
+        }
+    }
 }
 
-/// Two roundings; used by the baseline instantiation.
-struct Separate;
-impl MulAdd for Separate {
+/// AVX2 + FMA: 32-byte non-temporal stores.
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+#[cfg(target_arch = "x86_64")]
+impl Tier for Avx2 {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+    const STREAM_BYTES: usize = 32;
+    #[inline(always)]
+    unsafe fn stream(dst: *mut u8, src: *const u8, bytes: usize) {
+        use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
+        let mut i = 0;
+        while i < bytes {
+            // SAFETY: in bounds and aligned by this function's contract.
+            unsafe {
+                let v = _mm256_loadu_si256(src.add(i).cast::<__m256i>());
+                _mm256_stream_si256(dst.add(i).cast::<__m256i>(), v);
+            }
+            i += 32;
+        }
+    }
+}
+
+/// The compilation target's baseline: separate multiply and add, SSE2 streaming stores on
+/// x86-64, plain copies elsewhere.
+struct Baseline;
+impl Tier for Baseline {
     #[inline(always)]
     fn mul_add(a: f32, b: f32, c: f32) -> f32 {
         a * b + c
+    }
+    const STREAM_BYTES: usize = 16;
+    #[inline(always)]
+    unsafe fn stream(dst: *mut u8, src: *const u8, bytes: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+            let mut i = 0;
+            while i < bytes {
+                // SAFETY: in bounds and aligned by this function's contract; SSE2 is part of
+                // the x86-64 baseline.
+                unsafe {
+                    let v = _mm_loadu_si128(src.add(i).cast::<__m128i>());
+                    _mm_stream_si128(dst.add(i).cast::<__m128i>(), v);
+                }
+                i += 16;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        // SAFETY: valid, non-overlapping ranges by this function's contract.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, dst, bytes)
+        };
     }
 }
 
@@ -55,13 +132,13 @@ type Lanes = [f32; LANES];
 
 /// `a * b + c` lane by lane, by value: a shape LLVM keeps in one vector register.
 #[inline(always)]
-fn mul_add_lanes<F: MulAdd>(a: &Lanes, b: &Lanes, c: Lanes) -> Lanes {
+fn mul_add_lanes<F: Tier>(a: &Lanes, b: &Lanes, c: Lanes) -> Lanes {
     std::array::from_fn(|l| F::mul_add(a[l], b[l], c[l]))
 }
 
 /// `a * b + c` with a scalar `a` broadcast to every lane.
 #[inline(always)]
-fn mul_add_scalar<F: MulAdd>(a: f32, b: &Lanes, c: Lanes) -> Lanes {
+fn mul_add_scalar<F: Tier>(a: f32, b: &Lanes, c: Lanes) -> Lanes {
     std::array::from_fn(|l| F::mul_add(a, b[l], c[l]))
 }
 
@@ -86,7 +163,7 @@ fn lane_blocks<const D: usize>(depth: usize) -> ([Lanes; D], Vec<Lanes>) {
 /// `out[o][p] = sum_i coef[o * depth + i] * src[i][p]` for every pixel `p` of the tile
 /// (`src` rows all have the tile's length; `out` rows are at least that long).
 #[inline(always)]
-fn mix_rows<F: MulAdd, const D: usize>(
+fn mix_rows<F: Tier, const D: usize>(
     depth: usize,
     coef: &[f32],
     src: &[&[f32]],
@@ -131,7 +208,7 @@ fn mix_rows<F: MulAdd, const D: usize>(
 /// whatever thread runs it. With a constant depth the accumulators of one `d` row stay in
 /// registers for the whole pixel loop.
 #[inline(always)]
-fn accumulate_dw<F: MulAdd, const D: usize>(
+fn accumulate_dw<F: Tier, const D: usize>(
     depth: usize,
     x: &[&[f32]],
     dy: &[&[f32]],
@@ -220,29 +297,38 @@ fn tile_rows<'a, T: Element>(
 /// Writes f32 tile rows to output rows of `T`, with non-temporal stores for large outputs: the
 /// output is not read again by this pass, and a streaming store skips the read-for-ownership
 /// that a plain store to a cold line costs (a third of a memory-bound pass's traffic).
-struct RowWriter<T> {
+struct RowWriter<F, T> {
     stream: bool,
     scratch: Vec<T>,
+    tier: std::marker::PhantomData<F>,
 }
 
-impl<T: Element> RowWriter<T> {
-    fn new(stream: bool, tile: usize) -> RowWriter<T> {
-        let scratch = if stream {
+impl<F: Tier, T: Element> RowWriter<F, T> {
+    fn new(stream: bool, tile: usize) -> RowWriter<F, T> {
+        // f32 results stream straight from the tile; other dtypes are rounded into `scratch`.
+        let staged = stream && T::f32_as_self(&[]).is_none();
+        let scratch = if staged {
             vec![T::from_f32(0.0); tile]
         } else {
             Vec::new()
         };
-        RowWriter { stream, scratch }
+        RowWriter {
+            stream,
+            scratch,
+            tier: std::marker::PhantomData,
+        }
     }
 
     #[inline(always)]
     fn write(&mut self, src: &[f32], dst: &mut [T]) {
-        if self.stream {
+        if !self.stream {
+            T::store_f32(src, dst);
+        } else if let Some(same) = T::f32_as_self(src) {
+            stream_copy::<F, T>(dst, same);
+        } else {
             let staged = &mut self.scratch[..src.len()];
             T::store_f32(src, staged);
-            stream_copy(dst, staged);
-        } else {
-            T::store_f32(src, dst);
+            stream_copy::<F, T>(dst, staged);
         }
     }
 
@@ -283,31 +369,26 @@ fn prefetch_rows<T>(rows: &[&[T]], p: usize, n: usize) {
 /// Outputs at least this large are written with non-temporal stores.
 const STREAM_BYTES: usize = 16 << 20;
 
-/// `dst.copy_from_slice(src)` with 16-byte non-temporal stores for the aligned middle.
+/// `dst.copy_from_slice(src)` with the tier's non-temporal stores for the aligned middle.
 #[inline(always)]
-fn stream_copy<T: Element>(dst: &mut [T], src: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    if dst.len() == src.len() {
-        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
-        let bytes = std::mem::size_of_val(src);
-        let (d, s) = (dst.as_mut_ptr().cast::<u8>(), src.as_ptr().cast::<u8>());
-        let head = d.align_offset(16).min(bytes);
-        // SAFETY: `dst` and `src` are distinct slices of `bytes` bytes of plain-old-data
-        // (f32/f16/bf16, no invalid bit patterns); every access below is within `bytes`; the
-        // stores to `d + i` are 16-byte aligned (`head` aligns them); SSE2 is x86-64 baseline.
-        unsafe {
-            std::ptr::copy_nonoverlapping(s, d, head);
-            let mut i = head;
-            while i + 16 <= bytes {
-                let v = _mm_loadu_si128(s.add(i).cast::<__m128i>());
-                _mm_stream_si128(d.add(i).cast::<__m128i>(), v);
-                i += 16;
-            }
-            std::ptr::copy_nonoverlapping(s.add(i), d.add(i), bytes - i);
-        }
+fn stream_copy<F: Tier, T: Element>(dst: &mut [T], src: &[T]) {
+    if dst.len() != src.len() {
+        dst.copy_from_slice(src);
         return;
     }
-    dst.copy_from_slice(src);
+    let bytes = std::mem::size_of_val(src);
+    let (d, s) = (dst.as_mut_ptr().cast::<u8>(), src.as_ptr().cast::<u8>());
+    let head = d.align_offset(F::STREAM_BYTES).min(bytes);
+    let body = (bytes - head) / F::STREAM_BYTES * F::STREAM_BYTES;
+    // SAFETY: `dst` and `src` are distinct slices of `bytes` bytes of plain-old-data (f32, f16,
+    // bf16: no invalid bit patterns); head, body and tail partition `0..bytes`; the body starts
+    // at a `STREAM_BYTES`-aligned `d + head` and spans whole stores; the tier's features are
+    // present because this runs inside that tier's instantiation.
+    unsafe {
+        std::ptr::copy_nonoverlapping(s, d, head);
+        F::stream(d.add(head), s.add(head), body);
+        std::ptr::copy_nonoverlapping(s.add(head + body), d.add(head + body), bytes - head - body);
+    }
 }
 
 /// A raw output pointer shared by the items of one launch.
@@ -423,7 +504,7 @@ macro_rules! by_depth {
 }
 
 /// Defines `$entry::<T, D>`, which runs `$body::<F, T, D>` through the widest instantiation this
-/// CPU supports: AVX-512 or AVX2 (with FMA and F16C, `F = Fused`), or baseline (`F = Separate`).
+/// CPU supports: AVX-512 or AVX2 (with FMA and F16C), or the baseline.
 macro_rules! multiversion {
     ($entry:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
         fn $entry<T: Element, const D: usize>(isa: Isa, $($arg: $ty),*) {
@@ -431,11 +512,11 @@ macro_rules! multiversion {
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
                 unsafe fn avx512<T: Element, const D: usize>($($arg: $ty),*) {
-                    $body::<Fused, T, D>($($arg),*)
+                    $body::<Avx512, T, D>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma,f16c")]
                 unsafe fn avx2<T: Element, const D: usize>($($arg: $ty),*) {
-                    $body::<Fused, T, D>($($arg),*)
+                    $body::<Avx2, T, D>($($arg),*)
                 }
                 match isa {
                     // SAFETY: callers pass `active_isa()`, which never exceeds the detected tier,
@@ -446,7 +527,7 @@ macro_rules! multiversion {
                     Isa::Baseline => {}
                 }
             }
-            $body::<Separate, T, D>($($arg),*)
+            $body::<Baseline, T, D>($($arg),*)
         }
     };
 }
@@ -473,7 +554,7 @@ struct Forward<'a, T> {
 }
 
 #[inline(always)]
-fn forward_item<F: MulAdd, T: Element, const D: usize>(a: &Forward<'_, T>, i: usize) {
+fn forward_item<F: Tier, T: Element, const D: usize>(a: &Forward<'_, T>, i: usize) {
     let it = a.items;
     let depth = depth_of::<D>(it.depth);
     let (bc, p0, n) = it.item(i);
@@ -485,7 +566,7 @@ fn forward_item<F: MulAdd, T: Element, const D: usize>(a: &Forward<'_, T>, i: us
     let tile = tile_pixels(depth);
     let mut stage = staging(T::DTYPE != crate::DType::F32, depth, tile);
     let mut out = vec![vec![0.0f32; tile]; depth];
-    let mut writer = RowWriter::<T>::new(a.stream, tile);
+    let mut writer = RowWriter::<F, T>::new(a.stream, tile);
     let mut p = 0;
     while p < n {
         let m = tile.min(n - p);
@@ -519,7 +600,7 @@ struct Backward<'a, T> {
 }
 
 #[inline(always)]
-fn backward_item<F: MulAdd, T: Element, const D: usize>(
+fn backward_item<F: Tier, T: Element, const D: usize>(
     a: &Backward<'_, T>,
     i: usize,
     partial: Option<&mut [f64]>,
@@ -543,7 +624,7 @@ fn backward_item<F: MulAdd, T: Element, const D: usize>(
     let mut stage_dy = staging(staged, depth, tile);
     let mut stage_x = staging(staged && x_rows.is_some(), depth, tile);
     let mut out = staging(dx_rows.is_some(), depth, tile);
-    let mut writer = RowWriter::<T>::new(a.stream, tile);
+    let mut writer = RowWriter::<F, T>::new(a.stream, tile);
     let mut p = 0;
     while p < n {
         let m = tile.min(n - p);

@@ -48,10 +48,10 @@ pub(crate) fn kernel_name(op: &str, dtype: DType, depth: usize) -> String {
     }
 }
 
-/// Blocks the device keeps resident at once (the kernels' occupancy, conservatively).
-pub(crate) fn resident_blocks(sm_count: u32, compute_major: i32) -> u64 {
-    let per_sm = if compute_major >= 8 { 8 } else { 4 };
-    sm_count.max(1) as u64 * per_sm
+/// Blocks the device keeps resident at once: the kernels are compiled with
+/// `__launch_bounds__(256, 2)`, so at least two per SM (up to four for the lighter kernels).
+pub(crate) fn resident_blocks(sm_count: u32, _compute_major: i32) -> u64 {
+    sm_count.max(1) as u64 * 2
 }
 
 pub(crate) fn params(dims: &FusionDims, partial_blocks: u64) -> A3dFusionParams {
@@ -71,8 +71,16 @@ fn channel_grid(dims: &FusionDims, max_grid_y: u64) -> u64 {
     (dims.channels as u64).clamp(1, max_grid_y.clamp(1, MAX_GRID_Y))
 }
 
+/// Units one block covers per grid-stride step of forward / grad-input: 256 threads with one
+/// lane per unit for f32 and two for 16-bit types, each handling R = max(1, 4L/D) units.
+fn units_per_block_step(dims: &FusionDims, dtype: DType) -> u64 {
+    let lanes = if dtype == DType::F32 { 1 } else { 2 };
+    let per_thread = (4 * lanes / dims.depth.max(1) as u64).max(1);
+    BLOCK_THREADS / lanes * per_thread
+}
+
 /// Forward (`op = "forward"`) or grad-input (`op = "grad_input"`): about four waves of blocks,
-/// never more blocks per channel than 256-unit chunks.
+/// never more blocks per channel than it has block-sized steps of work.
 /// `max_grid_y` caps the channel blocks (`MAX_GRID_Y` on a GPU; the emulation tests pass
 /// smaller caps so blocks loop over several channels).
 pub(crate) fn elementwise(
@@ -83,7 +91,9 @@ pub(crate) fn elementwise(
     max_grid_y: u64,
 ) -> Launch {
     let gy = channel_grid(dims, max_grid_y);
-    let chunks = units(dims, dtype).div_ceil(BLOCK_THREADS).max(1);
+    let chunks = units(dims, dtype)
+        .div_ceil(units_per_block_step(dims, dtype))
+        .max(1);
     let gx = (4 * resident).div_ceil(gy).clamp(1, chunks);
     Launch {
         name: kernel_name(op, dtype, dims.depth),
@@ -91,16 +101,18 @@ pub(crate) fn elementwise(
     }
 }
 
-/// Threads that share one unit in grad-weight (each owns a subset of the output slices).
-fn weight_group(depth: usize) -> u64 {
-    match depth {
-        0..=8 => 1,
-        9..=10 => 2,
-        11..=16 => 4,
-        _ => {
-            let tiles = (depth as u64).div_ceil(8).pow(2);
-            tiles.next_power_of_two().min(32)
-        }
+/// Units in one shared-memory tile of grad-weight (fusion.cu): more slices, smaller tiles.
+fn weight_tile_units(depth: usize, dtype: DType) -> u64 {
+    match (dtype == DType::F32, depth) {
+        (true, 0..=8) => 256,
+        (true, 9..=12) => 128,
+        (true, 13..=16) => 64,
+        (false, 0..=2) => 256,
+        (false, 3..=4) => 128,
+        (false, 5..=8) => 64,
+        (false, 9..=16) => 32,
+        // General depth: no fixed tile; keep several units per block.
+        _ => 8,
     }
 }
 
@@ -113,13 +125,15 @@ pub(crate) fn grad_weight(
     max_grid_y: u64,
 ) -> GradWeightPlan {
     let gy = channel_grid(dims, max_grid_y);
-    let lanes_needed = (units(dims, dtype) * weight_group(dims.depth)).div_ceil(BLOCK_THREADS);
-    let partial_blocks = (2 * resident).div_ceil(gy).clamp(1, lanes_needed.max(1));
+    let tiles = units(dims, dtype)
+        .div_ceil(weight_tile_units(dims.depth, dtype))
+        .max(1);
+    let partial_blocks = (2 * resident).div_ceil(gy).clamp(1, tiles);
     let dd = (dims.depth * dims.depth) as u64;
     let entries = dims.channels as u64 * dd;
     let reduce_blocks = entries
         .div_ceil(BLOCK_THREADS)
-        .clamp(1, 8 * sm_count.max(1) as u64);
+        .clamp(1, 4 * sm_count.max(1) as u64);
     GradWeightPlan {
         partial: Launch {
             name: kernel_name("grad_weight_partial", dtype, dims.depth),
@@ -165,6 +179,7 @@ mod tests {
         let l = elementwise("forward", &big, DType::F32, h100, MAX_GRID_Y);
         assert_eq!(l.grid.1, 256);
         assert!(l.grid.0 >= 1 && l.grid.0 as u64 * 256 >= 4 * h100);
+        assert_eq!(h100, 264);
         let tiny = dims([1, 70000, 3, 1, 1]);
         let l = elementwise("forward", &tiny, DType::F16, h100, MAX_GRID_Y);
         assert_eq!(l.grid, (1, 65535, 1));
