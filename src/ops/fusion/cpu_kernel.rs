@@ -23,7 +23,7 @@ const LANES: usize = 16;
 
 /// Pixels per staging tile for `depth`: a few tiles of `depth` rows stay in L1.
 fn tile_pixels(depth: usize) -> usize {
-    ((2048 / depth.max(1)) / LANES * LANES).clamp(64, 512)
+    ((4096 / depth.max(1)) / LANES * LANES).clamp(64, 1024)
 }
 
 /// What the kernels need from an instruction-set tier: a multiply-add and a streaming copy.
@@ -163,11 +163,12 @@ fn lane_blocks<const D: usize>(depth: usize) -> ([Lanes; D], Vec<Lanes>) {
 /// `out[o][p] = sum_i coef[o * depth + i] * src[i][p]` for every pixel `p` of the tile
 /// (`src` rows all have the tile's length; `out` rows are at least that long).
 #[inline(always)]
-fn mix_rows<F: Tier, const D: usize>(
+fn mix_rows<F: Tier, const D: usize, O: AsMut<[f32]>>(
     depth: usize,
     coef: &[f32],
     src: &[&[f32]],
-    out: &mut [Vec<f32>],
+    out: &mut [O],
+    out_off: usize,
 ) {
     let coef = &coef[..depth * depth];
     let (src, out) = (&src[..depth], &mut out[..depth]);
@@ -189,7 +190,7 @@ fn mix_rows<F: Tier, const D: usize>(
             for (i, b) in block.iter().enumerate() {
                 acc = mul_add_scalar::<F>(coef[o * depth + i], b, acc);
             }
-            row[p..p + LANES].copy_from_slice(&acc);
+            row.as_mut()[out_off + p..][..LANES].copy_from_slice(&acc);
         }
         p += LANES;
     }
@@ -199,7 +200,7 @@ fn mix_rows<F: Tier, const D: usize>(
             for (i, s) in src.iter().enumerate() {
                 acc = F::mul_add(coef[o * depth + i], s[p], acc);
             }
-            row[p] = acc;
+            row.as_mut()[out_off + p] = acc;
         }
     }
 }
@@ -215,30 +216,61 @@ fn accumulate_dw<F: Tier, const D: usize>(
     acc: &mut [Lanes],
 ) {
     let dy = &dy[..depth];
-    let (mut local_arr, mut local_vec) = lane_blocks::<D>(depth);
-    let local: &mut [Lanes] = if D > 0 {
-        &mut local_arr
+    let (mut a_arr, mut a_vec) = lane_blocks::<D>(depth);
+    let (mut b_arr, mut b_vec) = lane_blocks::<D>(depth);
+    let (row_a, row_b): (&mut [Lanes], &mut [Lanes]) = if D > 0 {
+        (&mut a_arr, &mut b_arr)
     } else {
-        &mut local_vec
+        (&mut a_vec, &mut b_vec)
     };
-    for (xr, row) in x[..depth].iter().zip(acc.chunks_exact_mut(depth)) {
-        local.copy_from_slice(row);
-        let n = xr.len();
+    // Two input slices at a time: every dy block loaded feeds two accumulator rows, halving the
+    // loads per multiply-add. Each accumulator still sees its products in the same order, so
+    // the result is the same bits as one row at a time.
+    let mut rows = acc.chunks_exact_mut(depth).zip(&x[..depth]);
+    loop {
+        let (first, second) = (rows.next(), rows.next());
+        let Some((acc_a, xa)) = first else { break };
+        row_a.copy_from_slice(acc_a);
+        let n = xa.len();
         let full = n / LANES * LANES;
-        let mut p = 0;
-        while p < full {
-            let xv = lanes_at(xr, p);
-            for (a, yr) in local.iter_mut().zip(dy) {
-                *a = mul_add_lanes::<F>(xv, lanes_at(yr, p), *a);
+        match second {
+            Some((acc_b, xb)) => {
+                row_b.copy_from_slice(acc_b);
+                let mut p = 0;
+                while p < full {
+                    let (va, vb) = (lanes_at(xa, p), lanes_at(xb, p));
+                    for ((a, b), yr) in row_a.iter_mut().zip(row_b.iter_mut()).zip(dy) {
+                        let yv = lanes_at(yr, p);
+                        *a = mul_add_lanes::<F>(va, yv, *a);
+                        *b = mul_add_lanes::<F>(vb, yv, *b);
+                    }
+                    p += LANES;
+                }
+                for (l, p) in (full..n).enumerate() {
+                    for ((a, b), yr) in row_a.iter_mut().zip(row_b.iter_mut()).zip(dy) {
+                        a[l] = F::mul_add(xa[p], yr[p], a[l]);
+                        b[l] = F::mul_add(xb[p], yr[p], b[l]);
+                    }
+                }
+                acc_b.copy_from_slice(row_b);
             }
-            p += LANES;
-        }
-        for (l, p) in (full..n).enumerate() {
-            for (a, yr) in local.iter_mut().zip(dy) {
-                a[l] = F::mul_add(xr[p], yr[p], a[l]);
+            None => {
+                let mut p = 0;
+                while p < full {
+                    let va = lanes_at(xa, p);
+                    for (a, yr) in row_a.iter_mut().zip(dy) {
+                        *a = mul_add_lanes::<F>(va, lanes_at(yr, p), *a);
+                    }
+                    p += LANES;
+                }
+                for (l, p) in (full..n).enumerate() {
+                    for (a, yr) in row_a.iter_mut().zip(dy) {
+                        a[l] = F::mul_add(xa[p], yr[p], a[l]);
+                    }
+                }
             }
         }
-        row.copy_from_slice(local);
+        acc_a.copy_from_slice(row_a);
     }
 }
 
@@ -270,6 +302,57 @@ impl<'a> std::ops::Deref for TileRows<'a> {
         match self {
             TileRows::Inline(r, n) => &r[..*n],
             TileRows::Heap(v) => v,
+        }
+    }
+}
+
+/// Mutable row references of one tile without a heap allocation for depth <= 16.
+// Deliberately inline, as `TileRows`.
+#[allow(clippy::large_enum_variant)]
+enum TileRowsMut<'a> {
+    Inline([&'a mut [f32]; 16], usize),
+    Heap(Vec<&'a mut [f32]>),
+}
+
+impl<'a> TileRowsMut<'a> {
+    fn collect(rows: impl Iterator<Item = &'a mut [f32]>) -> TileRowsMut<'a> {
+        let mut inline: [&'a mut [f32]; 16] = Default::default();
+        let mut n = 0;
+        let mut heap = Vec::new();
+        for row in rows {
+            if n < 16 && heap.is_empty() {
+                inline[n] = row;
+                n += 1;
+            } else {
+                if heap.is_empty() {
+                    heap.extend(inline.iter_mut().take(n).map(std::mem::take));
+                }
+                heap.push(row);
+            }
+        }
+        if heap.is_empty() {
+            TileRowsMut::Inline(inline, n)
+        } else {
+            TileRowsMut::Heap(heap)
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for TileRowsMut<'a> {
+    type Target = [&'a mut [f32]];
+    fn deref(&self) -> &Self::Target {
+        match self {
+            TileRowsMut::Inline(r, n) => &r[..*n],
+            TileRowsMut::Heap(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for TileRowsMut<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            TileRowsMut::Inline(r, n) => &mut r[..*n],
+            TileRowsMut::Heap(v) => v,
         }
     }
 }
@@ -340,30 +423,6 @@ impl<F: Tier, T: Element> RowWriter<F, T> {
             unsafe { std::arch::x86_64::_mm_sfence() };
         }
     }
-}
-
-/// Asks the cache for pixels `p..p + n` of every row, ahead of use: a tile touches `depth`
-/// separate streams, more than the hardware prefetchers follow at full speed.
-#[inline(always)]
-fn prefetch_rows<T>(rows: &[&[T]], p: usize, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for row in rows {
-        let Some(range) = row.get(p..(p + n).min(row.len())) else {
-            continue;
-        };
-        let bytes = std::mem::size_of_val(range);
-        let base = range.as_ptr().cast::<i8>();
-        let mut off = 0;
-        while off < bytes {
-            // SAFETY: prefetch is a hint that never faults; the address is inside `range`.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(base.add(off))
-            };
-            off += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (rows, p, n);
 }
 
 /// Outputs at least this large are written with non-temporal stores.
@@ -565,14 +624,25 @@ fn forward_item<F: Tier, T: Element, const D: usize>(a: &Forward<'_, T>, i: usiz
     let mut y_rows = unsafe { a.y.rows_mut(bc, depth, it.pixels, p0, n) };
     let tile = tile_pixels(depth);
     let mut stage = staging(T::DTYPE != crate::DType::F32, depth, tile);
-    let mut out = vec![vec![0.0f32; tile]; depth];
+    let mut out = staging(T::DTYPE != crate::DType::F32 || a.stream, depth, tile);
     let mut writer = RowWriter::<F, T>::new(a.stream, tile);
+    if T::DTYPE == crate::DType::F32 && !a.stream {
+        // f32 with plain stores: mix straight into y, no staging.
+        let mut y: Vec<&mut [f32]> = y_rows.iter_mut().filter_map(|r| T::as_f32_mut(r)).collect();
+        let mut p = 0;
+        while p < n {
+            let m = tile.min(n - p);
+            let src = tile_rows(&x_rows, p, m, &mut stage);
+            mix_rows::<F, D, _>(depth, coef, &src, &mut y, p);
+            p += m;
+        }
+        return;
+    }
     let mut p = 0;
     while p < n {
         let m = tile.min(n - p);
-        prefetch_rows(&x_rows, p + m, tile);
         let src = tile_rows(&x_rows, p, m, &mut stage);
-        mix_rows::<F, D>(depth, coef, &src, &mut out);
+        mix_rows::<F, D, _>(depth, coef, &src, &mut out, 0);
         for (o, row) in out.iter().zip(y_rows.iter_mut()) {
             writer.write(&o[..m], &mut row[p..p + m]);
         }
@@ -623,20 +693,24 @@ fn backward_item<F: Tier, T: Element, const D: usize>(
     let staged = T::DTYPE != crate::DType::F32;
     let mut stage_dy = staging(staged, depth, tile);
     let mut stage_x = staging(staged && x_rows.is_some(), depth, tile);
-    let mut out = staging(dx_rows.is_some(), depth, tile);
+    // f32 with plain stores: dx is mixed straight into its rows.
+    let direct = T::DTYPE == crate::DType::F32 && !a.stream;
+    let mut out = staging(dx_rows.is_some() && !direct, depth, tile);
     let mut writer = RowWriter::<F, T>::new(a.stream, tile);
     let mut p = 0;
     while p < n {
         let m = tile.min(n - p);
-        prefetch_rows(&dy_rows, p + m, tile);
-        if let Some(x_rows) = x_rows.as_ref() {
-            prefetch_rows(x_rows, p + m, tile);
-        }
         let dy = tile_rows(&dy_rows, p, m, &mut stage_dy);
         if let Some(dx_rows) = dx_rows.as_mut() {
-            mix_rows::<F, D>(depth, coef, &dy, &mut out);
-            for (o, row) in out.iter().zip(dx_rows.iter_mut()) {
-                writer.write(&o[..m], &mut row[p..p + m]);
+            if direct {
+                let mut dx: TileRowsMut<'_> =
+                    TileRowsMut::collect(dx_rows.iter_mut().filter_map(|r| T::as_f32_mut(r)));
+                mix_rows::<F, D, _>(depth, coef, &dy, &mut dx, p);
+            } else {
+                mix_rows::<F, D, _>(depth, coef, &dy, &mut out, 0);
+                for (o, row) in out.iter().zip(dx_rows.iter_mut()) {
+                    writer.write(&o[..m], &mut row[p..p + m]);
+                }
             }
         }
         if let Some(x_rows) = x_rows.as_ref() {
