@@ -44,6 +44,15 @@ impl std::fmt::Debug for CudaTensor {
     }
 }
 
+impl crate::fusion::TensorInfo for CudaTensor {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn dtype(&self) -> DType {
+        self.storage.dtype()
+    }
+}
+
 impl CudaTensor {
     /// Copies a host tensor to `device`.
     pub fn upload(host: &Tensor, device: &CudaDevice) -> Result<CudaTensor> {

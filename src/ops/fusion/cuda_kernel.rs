@@ -5,7 +5,7 @@
 //! candle storage) can run the kernels on it without copies.
 
 use super::launch::{self, Launch};
-use super::{check_backward_args, check_forward_args, FusionDims, Grads};
+use super::{check_backward, check_forward, check_outputs, FusionDims, Grads};
 use crate::cuda::{driver_error, CudaDevice, CudaStorage, CudaTensor};
 use crate::kernel_params::A3dFusionParams;
 use crate::{DType, Element, Error, Result};
@@ -64,30 +64,10 @@ pub fn launch_forward<T: CudaElement>(
     w: &CudaView<'_, T>,
     y: &mut CudaViewMut<'_, T>,
 ) -> Result<()> {
-    check_lengths(dims, &[x.len(), y.len()], w.len())?;
-    check_bf16(device, T::DTYPE)?;
-    if dims.is_empty() {
-        return Ok(());
-    }
-    let plan = launch::elementwise(
-        "forward",
-        dims,
-        T::DTYPE,
-        resident(device),
-        launch::MAX_GRID_Y,
-    );
-    let f = device.fusion_function(&plan.name)?;
-    let params = launch::params(dims, 0);
-    let mut b = device.stream().launch_builder(&f);
-    b.arg(x).arg(w).arg(y).arg(&params);
-    // SAFETY: the argument list matches the kernel's signature (const T*, const T*, T*,
-    // A3dFusionParams by value) and every buffer holds the elements the kernel indexes for
-    // `dims` (checked above); cudarc orders the launch after pending work on these buffers.
-    unsafe { b.launch(config(&plan)) }.map_err(driver_error)?;
-    Ok(())
+    launch_mix("forward", device, dims, x, w, y)
 }
 
-/// Queues the grad-input kernel: `dx = dy · wᵀ` per channel.
+/// Queues the grad-input kernel: `dx[d] = sum_k w[d, k] * dy[k]` per channel.
 pub fn launch_grad_input<T: CudaElement>(
     device: &CudaDevice,
     dims: &FusionDims,
@@ -95,23 +75,32 @@ pub fn launch_grad_input<T: CudaElement>(
     w: &CudaView<'_, T>,
     dx: &mut CudaViewMut<'_, T>,
 ) -> Result<()> {
-    check_lengths(dims, &[dy.len(), dx.len()], w.len())?;
+    launch_mix("grad_input", device, dims, dy, w, dx)
+}
+
+/// Forward and grad-input share a signature (const T* in, const T* w, T* out, params) and a
+/// launch plan; only the kernel differs.
+fn launch_mix<T: CudaElement>(
+    op: &str,
+    device: &CudaDevice,
+    dims: &FusionDims,
+    input: &CudaView<'_, T>,
+    w: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    check_lengths(dims, &[input.len(), out.len()], w.len())?;
     check_bf16(device, T::DTYPE)?;
     if dims.is_empty() {
         return Ok(());
     }
-    let plan = launch::elementwise(
-        "grad_input",
-        dims,
-        T::DTYPE,
-        resident(device),
-        launch::MAX_GRID_Y,
-    );
+    let plan = launch::elementwise(op, dims, T::DTYPE, resident(device), launch::MAX_GRID_Y);
     let f = device.fusion_function(&plan.name)?;
     let params = launch::params(dims, 0);
     let mut b = device.stream().launch_builder(&f);
-    b.arg(dy).arg(w).arg(dx).arg(&params);
-    // SAFETY: as in `launch_forward` (const T* dy, const T* w, T* dx, params).
+    b.arg(input).arg(w).arg(out).arg(&params);
+    // SAFETY: the argument list matches the kernel's signature (const T*, const T*, T*,
+    // A3dFusionParams by value) and every buffer holds the elements the kernel indexes for
+    // `dims` (checked above); cudarc orders the launch after pending work on these buffers.
     unsafe { b.launch(config(&plan)) }.map_err(driver_error)?;
     Ok(())
 }
@@ -243,15 +232,8 @@ pub fn forward(x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
 
 /// `y = fuse(x, w)` into an existing device tensor of `x`'s shape and dtype.
 pub fn forward_into(x: &CudaTensor, w: &CudaTensor, y: &mut CudaTensor) -> Result<()> {
-    let dims = check_forward_args(x.shape(), x.dtype(), w.shape(), w.dtype())?;
-    dims.check_input_like("y", y.shape())?;
-    if y.dtype() != x.dtype() {
-        return Err(Error::DTypeMismatch {
-            arg: "y",
-            expected: x.dtype(),
-            got: y.dtype(),
-        });
-    }
+    let dims = check_forward(x, w)?;
+    check_outputs(&dims, x.dtype(), &[("y", Some(&*y))], None)?;
     x.check_same_device("w", w)?;
     x.check_same_device("y", y)?;
     typed_views!(x.dtype(), forward_typed(&dims ; x, w, y))
@@ -282,14 +264,7 @@ pub fn backward(
     dy: &CudaTensor,
     grads: Grads,
 ) -> Result<CudaGradients> {
-    let dims = check_backward_args(
-        x.shape(),
-        x.dtype(),
-        w.shape(),
-        w.dtype(),
-        dy.shape(),
-        dy.dtype(),
-    )?;
+    let dims = check_backward(x, w, dy)?;
     let mut dx = grads
         .input
         .then(|| CudaTensor::zeros(x.shape(), x.dtype(), x.device()))
@@ -310,35 +285,12 @@ pub fn backward_into(
     dx: Option<&mut CudaTensor>,
     dw: Option<&mut CudaTensor>,
 ) -> Result<()> {
-    let dims = check_backward_args(
-        x.shape(),
-        x.dtype(),
-        w.shape(),
-        w.dtype(),
-        dy.shape(),
-        dy.dtype(),
-    )?;
+    let dims = check_backward(x, w, dy)?;
+    check_outputs(&dims, x.dtype(), &[("dx", dx.as_deref())], dw.as_deref())?;
     x.check_same_device("w", w)?;
     x.check_same_device("dy", dy)?;
-    for (arg, t, shape) in [
-        ("dx", dx.as_deref(), dims.input_shape().to_vec()),
-        ("dw", dw.as_deref(), dims.weight_shape().to_vec()),
-    ] {
+    for (arg, t) in [("dx", dx.as_deref()), ("dw", dw.as_deref())] {
         if let Some(t) = t {
-            if t.shape() != shape.as_slice() {
-                return Err(Error::Shape {
-                    arg,
-                    expected: shape,
-                    got: t.shape().to_vec(),
-                });
-            }
-            if t.dtype() != x.dtype() {
-                return Err(Error::DTypeMismatch {
-                    arg,
-                    expected: x.dtype(),
-                    got: t.dtype(),
-                });
-            }
             x.check_same_device(arg, t)?;
         }
     }

@@ -3,7 +3,7 @@
 //! CI executes the GPU kernels' own source without a GPU.
 
 use super::launch::{self, Launch};
-use super::{check_backward_args, check_forward_args, FusionDims, Gradients, Grads};
+use super::{check_backward, check_forward, FusionDims, Gradients, Grads};
 use crate::emulation::{self, arg, Order};
 use crate::selftest::FusionBackend;
 use crate::tensor::HostElement;
@@ -203,7 +203,7 @@ impl FusionBackend for Emulated {
     }
 
     fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let dims = check_forward_args(x.shape(), x.dtype(), w.shape(), w.dtype())?;
+        let dims = check_forward(x, w)?;
         if dims.is_empty() {
             return Tensor::zeros(x.shape(), x.dtype());
         }
@@ -215,14 +215,7 @@ impl FusionBackend for Emulated {
     }
 
     fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients> {
-        let dims = check_backward_args(
-            x.shape(),
-            x.dtype(),
-            w.shape(),
-            w.dtype(),
-            dy.shape(),
-            dy.dtype(),
-        )?;
+        let dims = check_backward(x, w, dy)?;
         if dims.is_empty() {
             let zeros = |wanted: bool, shape: &[usize]| {
                 wanted.then(|| Tensor::zeros(shape, x.dtype())).transpose()

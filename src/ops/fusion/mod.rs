@@ -174,17 +174,58 @@ pub struct Gradients {
     pub dw: Option<Tensor>,
 }
 
+/// Shape and dtype of a tensor, host or device: what argument validation looks at.
+pub trait TensorInfo {
+    /// The dimensions.
+    fn shape(&self) -> &[usize];
+    /// The storage dtype.
+    fn dtype(&self) -> DType;
+}
+
+impl TensorInfo for Tensor {
+    fn shape(&self) -> &[usize] {
+        Tensor::shape(self)
+    }
+    fn dtype(&self) -> DType {
+        Tensor::dtype(self)
+    }
+}
+
 /// Validates `x` and `w` and returns the problem's sizes.
-pub fn check_forward_args(
-    x_shape: &[usize],
-    x_dtype: DType,
-    w_shape: &[usize],
-    w_dtype: DType,
-) -> Result<FusionDims> {
-    let dims = FusionDims::from_input_shape(x_shape)?;
-    dims.check_weight_shape("w", w_shape)?;
-    check_dtype("w", x_dtype, w_dtype)?;
+pub fn check_forward<T: TensorInfo>(x: &T, w: &T) -> Result<FusionDims> {
+    let dims = FusionDims::from_input_shape(x.shape())?;
+    dims.check_weight_shape("w", w.shape())?;
+    check_dtype("w", x.dtype(), w.dtype())?;
     Ok(dims)
+}
+
+/// Validates `x`, `w` and `dy` and returns the problem's sizes.
+pub fn check_backward<T: TensorInfo>(x: &T, w: &T, dy: &T) -> Result<FusionDims> {
+    let dims = check_forward(x, w)?;
+    dims.check_input_like("dy", dy.shape())?;
+    check_dtype("dy", x.dtype(), dy.dtype())?;
+    Ok(dims)
+}
+
+/// Validates the outputs a caller supplies: `y` or `dx` with `x`'s shape, `dw` with `w`'s;
+/// all with `x`'s dtype.
+pub fn check_outputs<T: TensorInfo>(
+    dims: &FusionDims,
+    dtype: DType,
+    input_like: &[(&'static str, Option<&T>)],
+    weight_like: Option<&T>,
+) -> Result<()> {
+    for (arg, t) in input_like {
+        if let Some(t) = t {
+            dims.check_input_like(arg, t.shape())?;
+            check_dtype(arg, dtype, t.dtype())?;
+        }
+    }
+    if let Some(dw) = weight_like {
+        dims.check_weight_shape("dw", dw.shape())?;
+        check_dtype("dw", dtype, dw.dtype())?;
+    }
+    Ok(())
 }
 
 /// `y = fuse(x, w)`: a new tensor of `x`'s shape and dtype.
@@ -201,7 +242,7 @@ pub fn check_forward_args(
 /// # Ok::<(), a3d::Error>(())
 /// ```
 pub fn forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    check_forward_args(x.shape(), x.dtype(), w.shape(), w.dtype())?;
+    check_forward(x, w)?;
     let mut y = Tensor::zeros(x.shape(), x.dtype())?;
     forward_into(x, w, &mut y)?;
     Ok(y)
@@ -209,9 +250,8 @@ pub fn forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// `y = fuse(x, w)` into an existing tensor of `x`'s shape and dtype (no allocation of `y`).
 pub fn forward_into(x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
-    let dims = check_forward_args(x.shape(), x.dtype(), w.shape(), w.dtype())?;
-    dims.check_input_like("y", y.shape())?;
-    check_dtype("y", x.dtype(), y.dtype())?;
+    let dims = check_forward(x, w)?;
+    check_outputs(&dims, x.dtype(), &[("y", Some(&*y))], None)?;
     if dims.is_empty() {
         return Ok(());
     }
@@ -233,33 +273,11 @@ fn forward_typed<T: crate::tensor::HostElement>(
     Ok(())
 }
 
-/// Checks the backward arguments and returns the problem's sizes.
-pub fn check_backward_args(
-    x_shape: &[usize],
-    x_dtype: DType,
-    w_shape: &[usize],
-    w_dtype: DType,
-    dy_shape: &[usize],
-    dy_dtype: DType,
-) -> Result<FusionDims> {
-    let dims = check_forward_args(x_shape, x_dtype, w_shape, w_dtype)?;
-    dims.check_input_like("dy", dy_shape)?;
-    check_dtype("dy", x_dtype, dy_dtype)?;
-    Ok(dims)
-}
-
 /// Gradients of `y = fuse(x, w)` given `dy`; only the requested ones are computed.
 ///
 /// `x` is read only when `dw` is requested.
 pub fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients> {
-    let dims = check_backward_args(
-        x.shape(),
-        x.dtype(),
-        w.shape(),
-        w.dtype(),
-        dy.shape(),
-        dy.dtype(),
-    )?;
+    let dims = check_backward(x, w, dy)?;
     let mut dx = match grads.input {
         true => Some(Tensor::zeros(x.shape(), x.dtype())?),
         false => None,
@@ -281,22 +299,8 @@ pub fn backward_into(
     dx: Option<&mut Tensor>,
     dw: Option<&mut Tensor>,
 ) -> Result<()> {
-    let dims = check_backward_args(
-        x.shape(),
-        x.dtype(),
-        w.shape(),
-        w.dtype(),
-        dy.shape(),
-        dy.dtype(),
-    )?;
-    if let Some(dx) = dx.as_deref() {
-        dims.check_input_like("dx", dx.shape())?;
-        check_dtype("dx", x.dtype(), dx.dtype())?;
-    }
-    if let Some(dw) = dw.as_deref() {
-        dims.check_weight_shape("dw", dw.shape())?;
-        check_dtype("dw", x.dtype(), dw.dtype())?;
-    }
+    let dims = check_backward(x, w, dy)?;
+    check_outputs(&dims, x.dtype(), &[("dx", dx.as_deref())], dw.as_deref())?;
     let wf = w.to_f32_vec();
     match x.dtype() {
         DType::F32 => backward_typed::<f32>(&dims, x, &wf, dy, dx, dw),
