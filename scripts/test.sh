@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/install-cuda-toolchain.sh >/dev/null
-cargo test --workspace --features emulation "$@"
+cargo test --workspace --features emulation,candle "$@"

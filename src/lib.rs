@@ -29,6 +29,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
