@@ -196,6 +196,27 @@ impl CustomOp2 for FusionOp {
         Ok((y, l1.shape().clone()))
     }
 
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::candle_cuda::{arg, forward};
+        let op = self.name();
+        let (xa, wa) = (arg(op, "x", s1, l1)?, arg(op, "w", s2, l2)?);
+        let dims = check_forward(&xa, &wa).map_err(|e| candle_err(op, e))?;
+        let (x, w) = ((s1, l1), (s2, l2));
+        let y = match xa.dtype() {
+            DType::F32 => forward::<f32>(op, &dims, x, w)?,
+            DType::F16 => forward::<half::f16>(op, &dims, x, w)?,
+            DType::BF16 => forward::<half::bf16>(op, &dims, x, w)?,
+        };
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -252,6 +273,36 @@ impl CustomOp3 for FusionGradOp {
         let shape = match g {
             Grad::Input => l1.shape().clone(),
             Grad::Weight => l2.shape().clone(),
+        };
+        Ok((out, shape))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::candle_cuda::{arg, gradient};
+        let op = self.name();
+        let xa = arg(op, "x", s1, l1)?;
+        let dims = check_backward(&xa, &arg(op, "w", s2, l2)?, &arg(op, "dy", s3, l3)?)
+            .map_err(|e| candle_err(op, e))?;
+        let input = matches!(self.0, Grad::Input);
+        let args = ((s1, l1), (s2, l2), (s3, l3));
+        let out = match xa.dtype() {
+            DType::F32 => gradient::<f32>(op, input, &dims, args.0, args.1, args.2)?,
+            DType::F16 => gradient::<half::f16>(op, input, &dims, args.0, args.1, args.2)?,
+            DType::BF16 => gradient::<half::bf16>(op, input, &dims, args.0, args.1, args.2)?,
+        };
+        let shape = if input {
+            l1.shape().clone()
+        } else {
+            l2.shape().clone()
         };
         Ok((out, shape))
     }

@@ -31,6 +31,8 @@
 
 #[cfg(feature = "candle")]
 pub mod candle;
+#[cfg(feature = "candle-cuda")]
+mod candle_cuda;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
