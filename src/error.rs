@@ -71,6 +71,16 @@ pub enum Error {
         got: DType,
     },
 
+    /// An argument's value is outside what the operator accepts (e.g. a zero stride, or a
+    /// kernel larger than the padded input).
+    #[error("`{arg}`: {message}")]
+    InvalidArgument {
+        /// Argument name.
+        arg: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// A typed view was requested with the wrong element type.
     #[error("tensor holds {actual}, requested as {requested}")]
     WrongElementType {

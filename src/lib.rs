@@ -49,7 +49,7 @@ pub mod tensor;
 
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use ops::fusion;
+pub use ops::{a3dconv, fusion};
 pub use tensor::Tensor;
 
 /// The README's Rust example is compiled and run as a doctest.
