@@ -23,6 +23,24 @@ pub fn element_count(shape: &[usize]) -> Result<usize> {
     Ok(n)
 }
 
+/// `n` zeros of an element type whose all-zero bit pattern is 0.0, or `None` when the memory
+/// cannot be reserved. The zeros come from the allocator (`calloc`: fresh pages are already
+/// zero), so a large buffer is not written twice.
+pub(crate) fn try_zeroed_vec<T: HostElement>(n: usize) -> Option<Vec<T>> {
+    if n == 0 || std::mem::size_of::<T>() == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<T>(n).ok()?;
+    // SAFETY: the layout has a non-zero size (n > 0, T is not zero-sized).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` comes from the global allocator with the layout of `[T; n]`; every element is
+    // all-zero bits, a valid 0.0 of f32, f16 and bf16 (the only `HostElement`s).
+    Some(unsafe { Vec::from_raw_parts(p, n, n) })
+}
+
 /// Typed contiguous storage of a host tensor.
 #[derive(Clone, PartialEq)]
 pub enum Storage {
@@ -68,16 +86,10 @@ impl Storage {
 
     /// `n` zeros, or `None` when the memory cannot be reserved (instead of aborting).
     fn try_zeros(dtype: DType, n: usize) -> Option<Storage> {
-        fn filled<T: Clone>(n: usize, zero: T) -> Option<Vec<T>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(n).ok()?;
-            v.resize(n, zero);
-            Some(v)
-        }
         Some(match dtype {
-            DType::F32 => Storage::F32(filled(n, 0.0)?),
-            DType::F16 => Storage::F16(filled(n, f16::ZERO)?),
-            DType::BF16 => Storage::BF16(filled(n, bf16::ZERO)?),
+            DType::F32 => Storage::F32(try_zeroed_vec(n)?),
+            DType::F16 => Storage::F16(try_zeroed_vec(n)?),
+            DType::BF16 => Storage::BF16(try_zeroed_vec(n)?),
         })
     }
 }

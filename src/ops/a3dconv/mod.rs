@@ -39,6 +39,8 @@
 //! ```
 
 pub(crate) mod cpu_kernel;
+#[cfg(target_arch = "x86_64")]
+mod direct;
 pub mod reference;
 
 use crate::fusion::{FusionDims, TensorInfo};
