@@ -18,6 +18,8 @@ fn main() -> candle_core::Result<()> {
     println!("fuse: {:?} -> {:?}", x.dims(), y.dims());
 
     // Layers: parameters `weight`, `bias`, `adaptive_align_weights` under "l1." and "l2.".
+    // On the CPU (groups 1) each layer is one a3d custom op: fusion and the per-slice conv2d,
+    // forward and backward, in a3d's A3DConv operator.
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let l1 = A3dConv::new(A3dConvConfig::new(c, 8, d), vb.pp("l1"))?;
@@ -30,7 +32,7 @@ fn main() -> candle_core::Result<()> {
 
     let mut sgd = candle_nn::SGD::new(varmap.all_vars(), 0.01)?;
     let loss = out.sqr()?.mean_all()?;
-    sgd.backward_step(&loss)?; // gradients of fusion from a3d's own backward kernels
+    sgd.backward_step(&loss)?; // every layer's gradients from a3d's A3DConv backward
     println!("loss before one SGD step: {}", loss.to_scalar::<f32>()?);
     Ok(())
 }

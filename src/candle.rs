@@ -2,11 +2,26 @@
 //!
 //! [`fuse`] applies the fusion operator to candle tensors as a custom op: the forward pass and
 //! both gradients run a3d's CPU kernels directly on candle's CPU storage (f32, f16, bf16), and
-//! candle's autograd reaches `x` and `w` through them. [`A3dConv`] is the A3D layer: fusion,
-//! then a per-slice 2D convolution, with the reference implementation's parameter names.
+//! candle's autograd reaches `x` and `w` through them. With feature `candle-cuda` the same op
+//! runs a3d's CUDA kernels on candle's CUDA tensors.
 //!
-//! Only the CPU device is implemented; on a CUDA or Metal device candle reports that the op has
-//! no implementation there.
+//! [`A3dConv`] is the A3D layer: fusion, then a per-slice 2D convolution, with the reference
+//! implementation's parameter names. Which implementation runs depends on the input:
+//!
+//! - CPU tensors and `groups == 1`: the whole layer is one candle custom op running a3d's
+//!   A3DConv operator ([`crate::a3dconv::A3dConv`]), forward and backward. candle custom ops
+//!   take at most three tensors, so the convolution weight (flattened) and the bias are packed
+//!   into one parameter vector with [`Tensor::cat`] (differentiable: candle's autograd splits
+//!   its gradient back to the two variables); the op is `x.apply_op3(fusion_weights, params)`,
+//!   or `x.apply_op2(params)` without fusion. Its backward pass is one call of
+//!   [`crate::a3dconv::A3dConv::backward`] computing only the gradients candle tracks (`dx` is
+//!   skipped for an input that is not a variable and depends on none).
+//! - `groups > 1` (which a3d's operator does not support), or a tensor on another device (CUDA
+//!   with `candle-cuda`): [`fuse`], then candle's own `conv2d` on the `B * D` slices, with
+//!   candle's autograd for the convolution.
+//!
+//! Other devices (Metal) are not implemented: candle reports that the fusion op has no
+//! implementation there.
 
 use std::borrow::Cow;
 
@@ -14,8 +29,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
+use crate::a3dconv::{self, Conv2dParams, Grads};
 use crate::fusion::{check_backward, check_forward, FusionDims, TensorInfo};
 use crate::ops::fusion::cpu_kernel;
+use crate::tensor::{element_count, HostElement};
 use crate::{DType, Element};
 
 /// Name of the forward op, as candle reports it in errors.
@@ -314,6 +331,296 @@ pub fn fuse(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     x.apply_op2(w, FusionOp)
 }
 
+/// Name of the A3DConv op, as candle reports it in errors.
+const A3DCONV_NAME: &str = "a3dconv";
+
+/// A candle CPU argument as an a3d host tensor of the same dtype (a contiguous copy).
+fn host_tensor(
+    op: &str,
+    arg: &str,
+    s: &CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<crate::Tensor> {
+    fn typed<T: HostElement>(op: &str, v: &[T], l: &Layout) -> candle_core::Result<crate::Tensor> {
+        let data = contiguous(v, l)?.into_owned();
+        crate::Tensor::from_vec(data, l.dims()).map_err(|e| candle_err(op, e))
+    }
+    match s {
+        CpuStorage::F32(v) => typed(op, v, l),
+        CpuStorage::F16(v) => typed(op, v, l),
+        CpuStorage::BF16(v) => typed(op, v, l),
+        other => Err(candle_core::Error::Msg(format!(
+            "{op}: `{arg}` has dtype {:?}, expected f32, f16 or bf16",
+            other.dtype()
+        ))
+        .bt()),
+    }
+}
+
+/// The packed parameter vector (`conv_weight` flattened, then `bias` when there is one) as
+/// a3d host tensors of its dtype: `conv_weight` `[O, C, kh, kw]` and `bias` `[O]`.
+fn host_params(
+    op: &str,
+    s: &CpuStorage,
+    l: &Layout,
+    weight_shape: [usize; 4],
+    bias: bool,
+) -> candle_core::Result<(crate::Tensor, Option<crate::Tensor>)> {
+    fn typed<T: HostElement>(
+        op: &str,
+        v: &[T],
+        l: &Layout,
+        weight_shape: [usize; 4],
+        bias: bool,
+    ) -> candle_core::Result<(crate::Tensor, Option<crate::Tensor>)> {
+        let err = |e| candle_err(op, e);
+        let n = element_count(&weight_shape).map_err(err)?;
+        let expected = n + if bias { weight_shape[0] } else { 0 };
+        if l.dims() != [expected] {
+            candle_core::bail!(
+                "{op}: `params` must have shape [{expected}] (conv_weight {weight_shape:?} \
+                 flattened{}), got {:?}",
+                if bias { ", then bias" } else { "" },
+                l.dims()
+            );
+        }
+        let v = contiguous(v, l)?;
+        let weight = crate::Tensor::from_slice(&v[..n], &weight_shape).map_err(err)?;
+        let bias = bias
+            .then(|| crate::Tensor::from_slice(&v[n..], &[weight_shape[0]]))
+            .transpose()
+            .map_err(err)?;
+        Ok((weight, bias))
+    }
+    match s {
+        CpuStorage::F32(v) => typed(op, v, l, weight_shape, bias),
+        CpuStorage::F16(v) => typed(op, v, l, weight_shape, bias),
+        CpuStorage::BF16(v) => typed(op, v, l, weight_shape, bias),
+        other => Err(candle_core::Error::Msg(format!(
+            "{op}: `params` has dtype {:?}, expected f32, f16 or bf16",
+            other.dtype()
+        ))
+        .bt()),
+    }
+}
+
+/// An a3d host tensor as candle CPU storage of the same dtype.
+fn cpu_storage(op: &str, t: crate::Tensor) -> candle_core::Result<CpuStorage> {
+    let err = |e| candle_err(op, e);
+    Ok(match t.dtype() {
+        DType::F32 => CpuStorage::F32(t.into_vec().map_err(err)?),
+        DType::F16 => CpuStorage::F16(t.into_vec().map_err(err)?),
+        DType::BF16 => CpuStorage::BF16(t.into_vec().map_err(err)?),
+    })
+}
+
+/// The a3d host tensors holding `parts`' elements one after the other, as a candle tensor of
+/// shape `shape` (the parts' common dtype) on `device`.
+fn candle_tensor(
+    op: &str,
+    parts: Vec<crate::Tensor>,
+    shape: &[usize],
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    fn typed<T: HostElement + candle_core::WithDType>(
+        op: &str,
+        parts: Vec<crate::Tensor>,
+        shape: &[usize],
+        device: &candle_core::Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut parts = parts.into_iter();
+        let mut data = match parts.next() {
+            Some(first) => first.into_vec::<T>().map_err(|e| candle_err(op, e))?,
+            None => Vec::new(),
+        };
+        for part in parts {
+            data.extend(part.into_vec::<T>().map_err(|e| candle_err(op, e))?);
+        }
+        Tensor::from_vec(data, shape, device)
+    }
+    match parts.first().map_or(DType::F32, crate::Tensor::dtype) {
+        DType::F32 => typed::<f32>(op, parts, shape, device),
+        DType::F16 => typed::<half::f16>(op, parts, shape, device),
+        DType::BF16 => typed::<half::bf16>(op, parts, shape, device),
+    }
+}
+
+/// `f(storage, layout)` on a candle tensor's CPU storage; an error naming the device otherwise.
+fn with_cpu_storage<R>(
+    op: &str,
+    arg: &str,
+    t: &Tensor,
+    f: impl FnOnce(&CpuStorage, &Layout) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => f(s, layout),
+        _ => candle_core::bail!(
+            "{op}: `{arg}` is on {:?}; this op runs on the CPU only",
+            t.device().location()
+        ),
+    }
+}
+
+/// A3DConv (fusion when fusion weights are given, then the per-slice 2D convolution) as one
+/// candle op on the CPU, running a3d's [`a3dconv::A3dConv`] forward and backward.
+///
+/// Arguments: `x` `[B, C, D, H, W]`, with fusion the fusion weights `[D, D, C]` (as
+/// [`CustomOp3`]: `x.apply_op3(fusion_weight, params, op)`; without fusion [`CustomOp2`]:
+/// `x.apply_op2(params, op)`), and `params`: the convolution weight `weight_shape` flattened,
+/// followed by the bias `[O]` when `bias` is set. All of one dtype: f32, f16 or bf16.
+/// The gradient of `params` is packed the same way.
+#[derive(Debug, Clone, Copy)]
+struct A3dConvOp {
+    /// `[O, C, kh, kw]`
+    weight_shape: [usize; 4],
+    /// Whether `params` ends with a bias `[O]`.
+    bias: bool,
+    /// Stride, padding, dilation.
+    params: Conv2dParams,
+}
+
+impl A3dConvOp {
+    fn forward(
+        &self,
+        (xs, xl): (&CpuStorage, &Layout),
+        fusion_weight: Option<(&CpuStorage, &Layout)>,
+        (ps, pl): (&CpuStorage, &Layout),
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = A3DCONV_NAME;
+        let x = host_tensor(op, "x", xs, xl)?;
+        let fw = fusion_weight
+            .map(|(s, l)| host_tensor(op, "fusion_weight", s, l))
+            .transpose()?;
+        let (weight, bias) = host_params(op, ps, pl, self.weight_shape, self.bias)?;
+        let layer = a3dconv::A3dConv {
+            fusion_weight: fw.as_ref(),
+            conv_weight: &weight,
+            bias: bias.as_ref(),
+            params: self.params,
+        };
+        let y = layer.forward(&x).map_err(|e| candle_err(op, e))?;
+        let shape = Shape::from_dims(y.shape());
+        Ok((cpu_storage(op, y)?, shape))
+    }
+
+    /// `(dx, d_fusion_weight, d_params)`: one call of a3d's backward, for the arguments candle
+    /// tracks (the others get `None`).
+    fn backward(
+        &self,
+        x: &Tensor,
+        fusion_weight: Option<&Tensor>,
+        params: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = A3DCONV_NAME;
+        let want_params = params.track_op();
+        let grads = Grads {
+            input: x.track_op(),
+            conv_weight: want_params,
+            bias: want_params && self.bias,
+            fusion_weight: fusion_weight.is_some_and(Tensor::track_op),
+        };
+        if !(grads.input || grads.conv_weight || grads.fusion_weight) {
+            return Ok((None, None, None));
+        }
+        // Each tensor is copied out under its own read lock, one at a time.
+        let xh = with_cpu_storage(op, "x", x, |s, l| host_tensor(op, "x", s, l))?;
+        let fw = fusion_weight
+            .map(|t| {
+                with_cpu_storage(op, "fusion_weight", t, |s, l| {
+                    host_tensor(op, "fusion_weight", s, l)
+                })
+            })
+            .transpose()?;
+        let (weight, bias) = with_cpu_storage(op, "params", params, |s, l| {
+            host_params(op, s, l, self.weight_shape, self.bias)
+        })?;
+        let dyh = with_cpu_storage(op, "dy", dy, |s, l| host_tensor(op, "dy", s, l))?;
+        let layer = a3dconv::A3dConv {
+            fusion_weight: fw.as_ref(),
+            conv_weight: &weight,
+            bias: bias.as_ref(),
+            params: self.params,
+        };
+        let g = layer
+            .backward(&xh, &dyh, grads)
+            .map_err(|e| candle_err(op, e))?;
+        let device = x.device();
+        let dx =
+            g.dx.map(|t| candle_tensor(op, vec![t], x.dims(), device))
+                .transpose()?;
+        let dfw = match (g.d_fusion_weight, fusion_weight) {
+            (Some(t), Some(fw)) => Some(candle_tensor(op, vec![t], fw.dims(), device)?),
+            _ => None,
+        };
+        let dparams = match g.d_conv_weight {
+            Some(dw) => {
+                let parts = [Some(dw), g.d_bias].into_iter().flatten().collect();
+                Some(candle_tensor(op, parts, params.dims(), device)?)
+            }
+            None => None,
+        };
+        Ok((dx, dfw, dparams))
+    }
+}
+
+impl CustomOp2 for A3dConvOp {
+    fn name(&self) -> &'static str {
+        A3DCONV_NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward((s1, l1), None, (s2, l2))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, _, dparams) = self.backward(x, None, params, dy)?;
+        Ok((dx, dparams))
+    }
+}
+
+impl CustomOp3 for A3dConvOp {
+    fn name(&self) -> &'static str {
+        A3DCONV_NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward((s1, l1), Some((s2, l2)), (s3, l3))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        fusion_weight: &Tensor,
+        params: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.backward(x, Some(fusion_weight), params, dy)
+    }
+}
+
 /// Configuration of an [`A3dConv`] layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct A3dConvConfig {
@@ -359,6 +666,11 @@ impl A3dConvConfig {
 
 /// The A3D layer: optional fusion of the D slices, then one 2D convolution per slice.
 /// `[B, I, D, H, W]` in, `[B, O, D, H', W']` out.
+///
+/// On the CPU with `groups == 1` the layer is one custom op running a3d's A3DConv operator,
+/// forward and backward (see the [module documentation](self) for how its parameters are
+/// packed). With `groups > 1`, which a3d's operator does not support, and on other devices
+/// (CUDA with feature `candle-cuda`), it is [`fuse`] followed by candle's `conv2d`.
 #[derive(Debug, Clone)]
 pub struct A3dConv {
     align: Option<Tensor>,
@@ -449,14 +761,55 @@ impl A3dConv {
         self.align.as_ref()
     }
 
+    /// The convolution weight `[O, I/groups, k, k]`.
+    pub fn weight(&self) -> &Tensor {
+        self.conv.weight()
+    }
+
+    /// The convolution bias `[O]`, when the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.conv.bias()
+    }
+
     /// The layer's configuration.
     pub fn config(&self) -> &A3dConvConfig {
         &self.config
     }
-}
 
-impl Module for A3dConv {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// Whether `x` takes the a3d custom op (CPU, `groups == 1`) rather than fusion + candle's
+    /// `conv2d`.
+    fn uses_a3d_op(&self, x: &Tensor) -> bool {
+        self.config.groups == 1 && x.device().is_cpu()
+    }
+
+    /// The layer as one a3d custom op (CPU, `groups == 1`).
+    fn forward_a3d(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let weight = self.conv.weight();
+        let (o, c, kh, kw) = weight.dims4()?;
+        let cfg = &self.config;
+        let op = A3dConvOp {
+            weight_shape: [o, c, kh, kw],
+            bias: self.conv.bias().is_some(),
+            params: Conv2dParams {
+                stride: [cfg.stride; 2],
+                padding: [cfg.padding; 2],
+                dilation: [cfg.dilation; 2],
+            },
+        };
+        // One parameter vector: candle's autograd splits its gradient back to weight and bias.
+        let flat = weight.flatten_all()?;
+        let params = match self.conv.bias() {
+            Some(bias) => Tensor::cat(&[&flat, bias], 0)?,
+            None => flat,
+        };
+        match &self.align {
+            Some(align) => x.apply_op3(align, &params, op),
+            None => x.apply_op2(&params, op),
+        }
+    }
+
+    /// Fusion, then candle's `conv2d` on the `B * D` slices.
+    fn forward_conv2d(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, d, h, w) = x.dims5()?;
         let x = match &self.align {
             Some(align) => fuse(x, align)?,
@@ -466,5 +819,15 @@ impl Module for A3dConv {
         let y = self.conv.forward(&slices)?;
         let (_, o, h2, w2) = y.dims4()?;
         y.reshape((b, d, o, h2, w2))?.permute((0, 2, 1, 3, 4))
+    }
+}
+
+impl Module for A3dConv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.uses_a3d_op(x) {
+            self.forward_a3d(x)
+        } else {
+            self.forward_conv2d(x)
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! Self-test: runs a backend on fresh random odd-sized inputs and measures every result against
 //! the float64 reference. `a3d selftest` prints these checks; a user runs it to trust an install.
+//! [`run_fusion`] checks fusion on any [`FusionBackend`]; [`run_a3dconv`] checks A3DConv, which
+//! runs on the CPU only (on a GPU, A3DConv is candle's convolution after a3d's fusion).
 
+use crate::a3dconv::{self, A3dConv, Conv2dParams};
 #[cfg(feature = "emulation")]
 pub use crate::fusion::emulated::Emulated;
 use crate::fusion::{self, reference, FusionDims, Gradients, Grads};
@@ -233,4 +236,248 @@ impl FusionBackend for Cuda {
             dw: dw.map(|t| t.download()).transpose()?,
         })
     }
+}
+
+/// One A3DConv layer of the self-test: input shape, convolution and which parameters it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvCase {
+    /// `[B, C, D, H, W]` before the seed's perturbation of H and W.
+    pub shape: [usize; 5],
+    /// O
+    pub out_channels: usize,
+    /// `[kh, kw]`
+    pub kernel: [usize; 2],
+    /// Stride, padding, dilation.
+    pub params: Conv2dParams,
+    /// Whether the layer has fusion weights.
+    pub fusion: bool,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+}
+
+impl std::fmt::Display for ConvCase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [b, c, d, h, w] = self.shape;
+        let p = &self.params;
+        let pair = |v: [usize; 2]| {
+            if v[0] == v[1] {
+                v[0].to_string()
+            } else {
+                format!("{},{}", v[0], v[1])
+            }
+        };
+        write!(
+            f,
+            "[{b},{c},{d},{h},{w}] o{} k{}x{} s{} p{} l{}{}{}",
+            self.out_channels,
+            self.kernel[0],
+            self.kernel[1],
+            pair(p.stride),
+            pair(p.padding),
+            pair(p.dilation),
+            if self.fusion { " fusion" } else { "" },
+            if self.bias { " bias" } else { "" },
+        )
+    }
+}
+
+const fn conv_case(
+    shape: [usize; 5],
+    out_channels: usize,
+    kernel: [usize; 2],
+    [stride, padding, dilation]: [[usize; 2]; 3],
+    fusion: bool,
+    bias: bool,
+) -> ConvCase {
+    ConvCase {
+        shape,
+        out_channels,
+        kernel,
+        params: Conv2dParams {
+            stride,
+            padding,
+            dilation,
+        },
+        fusion,
+        bias,
+    }
+}
+
+/// The A3DConv layers the self-test checks. On an AVX-512 CPU stride-1 layers that are not
+/// pointwise run the direct convolution, the others the im2col + GEMM path, and a 1x1 stride-1
+/// unpadded layer the plain GEMM: 3x3 padded; stride 2 unpadded at D = 7; dilation 2 with
+/// padding 2 at D = 1; a pointwise 1x1; a non-square kernel with unequal padding and dilation,
+/// without fusion or bias; a plane larger than one slab with more output channels than one
+/// block of the direct kernel; an even, non-square kernel with unequal strides.
+#[rustfmt::skip]
+pub const CONV_CASES: [ConvCase; 7] = [
+    conv_case([2, 3, 3, 9, 11], 4, [3, 3], [[1, 1], [1, 1], [1, 1]], true, true),
+    conv_case([1, 5, 7, 13, 10], 3, [3, 3], [[2, 2], [0, 0], [1, 1]], true, true),
+    conv_case([2, 4, 1, 12, 9], 6, [3, 3], [[1, 1], [2, 2], [2, 2]], true, false),
+    conv_case([1, 16, 3, 7, 8], 8, [1, 1], [[1, 1], [0, 0], [1, 1]], true, true),
+    conv_case([1, 3, 5, 11, 9], 5, [5, 3], [[1, 1], [2, 0], [1, 2]], false, false),
+    conv_case([1, 8, 2, 45, 51], 10, [3, 3], [[1, 1], [1, 1], [1, 1]], true, true),
+    conv_case([2, 6, 4, 10, 13], 5, [2, 3], [[1, 2], [1, 1], [1, 1]], true, true),
+];
+
+/// One measured comparison of A3DConv against the float64 reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvCheck {
+    /// Backend name (`cpu`: A3DConv has no other backend in a3d).
+    pub backend: String,
+    /// The layer and input, with the sizes actually run.
+    pub case: ConvCase,
+    /// `forward`, `grad_input`, `grad_conv_weight`, `grad_bias` or `grad_fusion_weight`.
+    pub pass: &'static str,
+    /// Storage dtype.
+    pub dtype: DType,
+    /// Relative norm error against float64 (infinite on NaN or on a failed call).
+    pub error: f64,
+    /// Allowed error.
+    pub tolerance: f64,
+    /// The error message when the call itself failed.
+    pub failure: Option<String>,
+}
+
+impl ConvCheck {
+    /// Whether the result is within tolerance.
+    pub fn passed(&self) -> bool {
+        self.failure.is_none() && self.error <= self.tolerance
+    }
+}
+
+impl std::fmt::Display for ConvCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<4} {:<8} a3dconv {:<18} {:<4} {}  error {:.2e}  tolerance {:.1e}",
+            if self.passed() { "ok" } else { "FAIL" },
+            self.backend,
+            self.pass,
+            self.dtype,
+            self.case,
+            self.error,
+            self.tolerance
+        )?;
+        if let Some(msg) = &self.failure {
+            write!(f, "  ({msg})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs A3DConv forward and backward ([`Grads::ALL`](a3dconv::Grads::ALL)) on the CPU for every
+/// dtype and every case of [`CONV_CASES`] (H and W perturbed by the seed) and compares the
+/// output and each gradient the layer has with [`a3dconv::reference`], at the fusion's
+/// [`tolerance`].
+pub fn run_a3dconv(seed: u64) -> Vec<ConvCheck> {
+    // Its own stream, so the fusion checks of a seed stay what they were.
+    let mut rng = SplitMix64::new(seed ^ 0xa3dc_0a3d_c0a3_dc0a);
+    let mut checks = Vec::new();
+    for base in CONV_CASES {
+        let mut case = base;
+        case.shape[3] += rng.below(3) as usize;
+        case.shape[4] += rng.below(3) as usize;
+        for dtype in DType::ALL {
+            checks.extend(check_conv_case(case, dtype, &mut rng));
+        }
+    }
+    checks
+}
+
+fn check_conv_case(case: ConvCase, dtype: DType, rng: &mut SplitMix64) -> Vec<ConvCheck> {
+    let check = |pass: &'static str, result: Result<Vec<f64>>, want: &[f64]| {
+        let (error, failure) = match result {
+            Ok(got) => (reference::relative_error(&got, want), None),
+            Err(e) => (f64::INFINITY, Some(e.to_string())),
+        };
+        ConvCheck {
+            backend: "cpu".into(),
+            case,
+            pass,
+            dtype,
+            error,
+            tolerance: tolerance(dtype),
+            failure,
+        }
+    };
+    let [_, c, d, _, _] = case.shape;
+    let [kh, kw] = case.kernel;
+    let o = case.out_channels;
+    let inputs = (|| -> Result<[Tensor; 5]> {
+        let x_len = crate::tensor::element_count(&case.shape)?;
+        let x = Tensor::from_f32(&rng.vec_f32(x_len, -1.0, 1.0), &case.shape, dtype)?;
+        let fw = fusion::init_weights(d, c, rng.next_u64())?.to_dtype(dtype);
+        let bound = 1.0 / ((c * kh * kw) as f32).sqrt();
+        let cw_shape = [o, c, kh, kw];
+        let cw = Tensor::from_f32(
+            &rng.vec_f32(o * c * kh * kw, -bound, bound),
+            &cw_shape,
+            dtype,
+        )?;
+        let bias = Tensor::from_f32(&rng.vec_f32(o, -0.5, 0.5), &[o], dtype)?;
+        let dims = a3dconv::check_forward(&x, Some(&fw), &cw, Some(&bias), &case.params)?;
+        let out_shape = dims.output_shape();
+        let dy_len = crate::tensor::element_count(&out_shape)?;
+        let dy = Tensor::from_f32(&rng.vec_f32(dy_len, -1.0, 1.0), &out_shape, dtype)?;
+        Ok([x, fw, cw, bias, dy])
+    })();
+    let [x, fw, cw, bias, dy] = match inputs {
+        Ok(v) => v,
+        Err(e) => return vec![check("setup", Err(e), &[])],
+    };
+    let layer = A3dConv {
+        fusion_weight: case.fusion.then_some(&fw),
+        conv_weight: &cw,
+        bias: case.bias.then_some(&bias),
+        params: case.params,
+    };
+    let dims = match layer.dims(&x) {
+        Ok(dims) => dims,
+        Err(e) => return vec![check("setup", Err(e), &[])],
+    };
+    // The reference sees exactly the rounded values the kernels see.
+    let (xf, cwf, dyf) = (x.to_f64_vec(), cw.to_f64_vec(), dy.to_f64_vec());
+    let fwf = case.fusion.then(|| fw.to_f64_vec());
+    let biasf = case.bias.then(|| bias.to_f64_vec());
+    let want_y = a3dconv::reference::forward(&dims, &xf, fwf.as_deref(), &cwf, biasf.as_deref());
+    let want = a3dconv::reference::backward(&dims, &xf, fwf.as_deref(), &cwf, &dyf);
+
+    let y = layer.forward(&x).map(|t| t.to_f64_vec());
+    let grads = layer.backward(&x, &dy, a3dconv::Grads::ALL);
+    let grad = |pick: fn(&a3dconv::Gradients) -> Option<&Tensor>| -> Result<Vec<f64>> {
+        match &grads {
+            Ok(g) => pick(g)
+                .map(Tensor::to_f64_vec)
+                .ok_or(crate::Error::Backend {
+                    backend: "selftest",
+                    message: "backward returned no such gradient".into(),
+                }),
+            Err(e) => Err(e.clone()),
+        }
+    };
+    let mut checks = vec![
+        check("forward", y, &want_y),
+        check("grad_input", grad(|g| g.dx.as_ref()), &want.dx),
+        check(
+            "grad_conv_weight",
+            grad(|g| g.d_conv_weight.as_ref()),
+            &want.d_conv_weight,
+        ),
+    ];
+    if case.bias {
+        checks.push(check(
+            "grad_bias",
+            grad(|g| g.d_bias.as_ref()),
+            &want.d_bias,
+        ));
+    }
+    if let Some(want_dfw) = &want.d_fusion_weight {
+        checks.push(check(
+            "grad_fusion_weight",
+            grad(|g| g.d_fusion_weight.as_ref()),
+            want_dfw,
+        ));
+    }
+    checks
 }

@@ -26,6 +26,25 @@ pub struct Row {
     pub copy_ms: f64,
     /// Bytes the pass must move at the least (read inputs once, write outputs once).
     pub bytes: usize,
+    /// The convolution of an A3DConv pass (`None` for fusion, whose JSON keeps its keys).
+    pub conv: Option<ConvInfo>,
+}
+
+/// What an A3DConv row adds: the layer and the FLOPs its pass counts.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvInfo {
+    pub out_channels: usize,
+    /// Square kernel size K (a K x K convolution per slice).
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    /// Whether the layer has fusion weights.
+    pub fusion: bool,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+    /// Convolution FLOPs of the pass (2 x multiply-adds; backward: dx + dw, twice the forward).
+    pub flops: f64,
 }
 
 impl Row {
@@ -43,8 +62,13 @@ impl Row {
         2.0 * x_bytes as f64 / (self.copy_ms * 1e-3) / 1e9
     }
 
+    /// Convolution GFLOP/s of an A3DConv pass.
+    pub fn gflops(&self) -> Option<f64> {
+        self.conv.map(|c| c.flops / (self.median_ms * 1e-3) / 1e9)
+    }
+
     pub fn to_json(&self) -> String {
-        serde_json::json!({
+        let mut j = serde_json::json!({
             "op": self.op,
             "pass": self.pass,
             "device": self.device,
@@ -57,8 +81,22 @@ impl Row {
             "min_bytes": self.bytes,
             "gb_per_s": self.gbps(),
             "copy_gb_per_s": self.copy_gbps(),
-        })
-        .to_string()
+        });
+        if let (Some(c), Some(gflops), Some(map)) = (self.conv, self.gflops(), j.as_object_mut()) {
+            for (key, value) in [
+                ("gflops", serde_json::json!(gflops)),
+                ("out_channels", c.out_channels.into()),
+                ("kernel", c.kernel.into()),
+                ("stride", c.stride.into()),
+                ("padding", c.padding.into()),
+                ("dilation", c.dilation.into()),
+                ("fusion", c.fusion.into()),
+                ("bias", c.bias.into()),
+            ] {
+                map.insert(key.into(), value);
+            }
+        }
+        j.to_string()
     }
 
     pub fn to_table_line(&self) -> String {
@@ -121,20 +159,20 @@ pub fn interleaved_medians_ms(runs: usize, passes: &mut [&mut dyn FnMut()]) -> V
 
 /// Copies `bytes` bytes once between two preallocated buffers, split over the current rayon
 /// pool (on a memory-bound machine one core cannot reach the copy bandwidth).
-struct Copy {
+pub struct Copy {
     src: Vec<u8>,
     dst: Vec<u8>,
 }
 
 impl Copy {
-    fn new(bytes: usize) -> Copy {
+    pub fn new(bytes: usize) -> Copy {
         Copy {
             src: (0..bytes).map(|i| (i * 31 % 251) as u8).collect(),
             dst: vec![0u8; bytes],
         }
     }
 
-    fn run(&mut self) {
+    pub fn run(&mut self) {
         let block = (self.src.len() / (4 * rayon::current_num_threads())).clamp(1 << 16, 1 << 22);
         self.dst
             .par_chunks_mut(block)
@@ -186,6 +224,7 @@ pub fn fusion_cpu(shape: [usize; 5], dtype: DType, runs: usize) -> Result<Vec<Ro
         median_ms,
         copy_ms: copy,
         bytes,
+        conv: None,
     };
     Ok(vec![
         row("forward", fwd, 2 * x_bytes),
@@ -261,6 +300,7 @@ pub fn fusion_cuda(
         median_ms,
         copy_ms: copy,
         bytes,
+        conv: None,
     };
     Ok(vec![
         row("forward", fwd, 2 * x_bytes),

@@ -2,10 +2,13 @@
 //!
 //! ```text
 //! a3d bench fusion --device cpu --dtype f32 --shape 1,128,7,128,128 [--json]
+//! a3d bench a3dconv --shape 1,128,3,64,64 --out-channels 32 --kernel 3 [--stride S]
+//!     [--padding P] [--dilation L] [--no-fusion] [--no-bias] [--dtype f32] [--json]
 //! a3d selftest [--device cpu]
 //! ```
 
 mod bench;
+mod bench_a3dconv;
 
 /// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
 macro_rules! say {
@@ -38,7 +41,8 @@ struct Cli {
 enum Command {
     /// Time an operator against a copy of the same bytes measured in the same run.
     Bench(BenchArgs),
-    /// Check every available backend against a float64 reference on fresh random inputs.
+    /// Check every available backend against a float64 reference on fresh random inputs
+    /// (fusion on every backend; A3DConv on the cpu, its only backend).
     Selftest {
         /// Backend to check (`all`: every one available in this build and machine).
         #[arg(long, default_value = "all")]
@@ -72,12 +76,66 @@ struct BenchArgs {
     /// One JSON object per line and pass instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    conv: ConvArgs,
+}
+
+/// The layer of `a3d bench a3dconv`. Without `--shape`, `--out-channels` and `--kernel` the
+/// default set runs (see `bench_a3dconv::DEFAULT_CASES`); the other options apply to it too.
+#[derive(clap::Args)]
+#[command(next_help_heading = "A3DConv options (a3dconv only)")]
+struct ConvArgs {
+    /// Output channels O (give with --shape and --kernel).
+    #[arg(long)]
+    out_channels: Option<usize>,
+    /// Square kernel size K of the per-slice convolution (give with --shape and --out-channels).
+    #[arg(long)]
+    kernel: Option<usize>,
+    /// Stride of the convolution [default: 1].
+    #[arg(long)]
+    stride: Option<usize>,
+    /// Zero padding on each side [default: K/2].
+    #[arg(long)]
+    padding: Option<usize>,
+    /// Dilation of the convolution [default: 1].
+    #[arg(long)]
+    dilation: Option<usize>,
+    /// No fusion weights: a plain per-slice convolution.
+    #[arg(long)]
+    no_fusion: bool,
+    /// A bias [O] on the convolution (the default, as PyTorch's Conv3d).
+    #[arg(long, overrides_with = "no_bias")]
+    bias: bool,
+    /// No bias.
+    #[arg(long, overrides_with = "bias")]
+    no_bias: bool,
+}
+
+impl ConvArgs {
+    /// The first option given, if any (they only apply to `a3dconv`).
+    fn any_given(&self) -> Option<&'static str> {
+        [
+            (self.out_channels.is_some(), "--out-channels"),
+            (self.kernel.is_some(), "--kernel"),
+            (self.stride.is_some(), "--stride"),
+            (self.padding.is_some(), "--padding"),
+            (self.dilation.is_some(), "--dilation"),
+            (self.no_fusion, "--no-fusion"),
+            (self.bias, "--bias"),
+            (self.no_bias, "--no-bias"),
+        ]
+        .into_iter()
+        .find_map(|(given, name)| given.then_some(name))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BenchOp {
     /// A3D depth fusion: forward and backward (dx + dw).
     Fusion,
+    /// A3DConv (fusion + per-slice KxK conv), CPU: forward and backward (all four gradients).
+    #[value(name = "a3dconv")]
+    A3dconv,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,11 +182,6 @@ fn main() -> ExitCode {
 
 fn run_bench(args: &BenchArgs) -> Result<(), String> {
     let dtypes = parse_dtypes(&args.dtype)?;
-    let shapes = if args.shape.is_empty() {
-        bench::DEFAULT_SHAPES.to_vec()
-    } else {
-        args.shape.clone()
-    };
     if args.runs == 0 {
         return Err("--runs must be at least 1".into());
     }
@@ -139,7 +192,27 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
         }
         b.build().map_err(|e| e.to_string())?
     };
-    let BenchOp::Fusion = args.op;
+    match args.op {
+        BenchOp::Fusion => {
+            if let Some(flag) = args.conv.any_given() {
+                return Err(format!("{flag} applies to `a3d bench a3dconv` only"));
+            }
+            run_fusion_bench(args, &dtypes, &pool)
+        }
+        BenchOp::A3dconv => run_a3dconv_bench(args, &dtypes, &pool),
+    }
+}
+
+fn run_fusion_bench(
+    args: &BenchArgs,
+    dtypes: &[DType],
+    pool: &rayon::ThreadPool,
+) -> Result<(), String> {
+    let shapes = if args.shape.is_empty() {
+        bench::DEFAULT_SHAPES.to_vec()
+    } else {
+        args.shape.clone()
+    };
     let device = match args.device {
         DeviceArg::Cpu | DeviceArg::All => BenchDevice::Cpu,
         DeviceArg::Emulated => return Err("the emulation is for correctness, not timing".into()),
@@ -149,7 +222,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
         bench::print_header(pool.current_num_threads());
     }
     for shape in &shapes {
-        for &dtype in &dtypes {
+        for &dtype in dtypes {
             let rows = match &device {
                 BenchDevice::Cpu => pool.install(|| bench::fusion_cpu(*shape, dtype, args.runs))?,
                 #[cfg(feature = "cuda")]
@@ -160,6 +233,64 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
                     say!("{}", row.to_json());
                 } else {
                     say!("{}", row.to_table_line());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_a3dconv_bench(
+    args: &BenchArgs,
+    dtypes: &[DType],
+    pool: &rayon::ThreadPool,
+) -> Result<(), String> {
+    match args.device {
+        DeviceArg::Cpu | DeviceArg::All => {}
+        DeviceArg::Emulated => return Err("the emulation is for correctness, not timing".into()),
+        DeviceArg::Cuda => {
+            return Err(
+                "a3dconv has no CUDA kernel in a3d (its GPU path is candle's conv2d); \
+                 use --device cpu"
+                    .into(),
+            )
+        }
+    }
+    let c = &args.conv;
+    let cases: Vec<([usize; 5], usize, usize)> = match (c.out_channels, c.kernel) {
+        (None, None) if args.shape.is_empty() => bench_a3dconv::DEFAULT_CASES.to_vec(),
+        (Some(o), Some(k)) if !args.shape.is_empty() => {
+            args.shape.iter().map(|&shape| (shape, o, k)).collect()
+        }
+        _ => {
+            return Err(
+                "give --shape, --out-channels and --kernel together, or none of them for the \
+                 default set"
+                    .into(),
+            )
+        }
+    };
+    if !args.json {
+        bench_a3dconv::print_header(pool.current_num_threads());
+    }
+    for (shape, out_channels, kernel) in cases {
+        let layer = bench_a3dconv::Layer {
+            out_channels,
+            kernel,
+            stride: c.stride.unwrap_or(1),
+            padding: c.padding.unwrap_or(kernel / 2),
+            dilation: c.dilation.unwrap_or(1),
+            fusion: !c.no_fusion,
+            bias: !c.no_bias,
+        };
+        for &dtype in dtypes {
+            let rows =
+                pool.install(|| bench_a3dconv::a3dconv_cpu(shape, layer, dtype, args.runs))?;
+            for row in rows {
+                if args.json {
+                    say!("{}", row.to_json());
+                } else {
+                    say!("{}", bench_a3dconv::table_line(&row));
                 }
             }
         }
@@ -268,6 +399,18 @@ fn run_selftest(device: DeviceArg, seed: Option<u64>) -> ExitCode {
                 failed += 1;
             }
         }
+    }
+    if matches!(device, DeviceArg::All | DeviceArg::Cpu) {
+        for check in selftest::run_a3dconv(seed) {
+            say!("{check}");
+            if check.passed() {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    } else {
+        say!("note a3dconv is checked with --device cpu only (a3d has no GPU kernel for it)");
     }
     say!("{passed} passed, {failed} failed");
     if failed == 0 {
