@@ -11,9 +11,10 @@
 //! f16 or bf16 (all arguments alike); arithmetic is f32, and every gradient is reduced in an
 //! order that does not depend on the thread count.
 //!
-//! Layout of this op: `cpu_kernel.rs` (slab im2col + GEMM on the CPU), `reference.rs` (float64
-//! direct convolution), tests in `tests/a3dconv.rs`, bench `a3d bench a3dconv` and
-//! `bench/torch_a3dconv.py` (the PyTorch side).
+//! Layout of this op: `cpu_kernel.rs` (task slabs, fusion per slab, im2col + GEMM, reductions),
+//! `direct.rs` (the direct AVX-512 stride-1 convolution), `reference.rs` (float64 direct
+//! convolution), tests in `tests/a3dconv.rs` and `tests/cpu_isa.rs`, bench `a3d bench a3dconv`,
+//! `benches/a3dconv.rs` and `bench/torch_a3dconv.py` (the PyTorch side).
 //!
 //! ```
 //! use a3d::a3dconv::{A3dConv, Conv2dParams, Grads};
