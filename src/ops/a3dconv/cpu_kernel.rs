@@ -21,7 +21,7 @@
 //! - bias gradient: per output channel, eight f64 lanes in a fixed order.
 
 #[cfg(target_arch = "x86_64")]
-use super::direct::DirectPlan;
+use super::direct::{ConvShape, DirectPlan};
 use super::{A3dConvDims, Grads};
 use crate::tensor::try_zeroed_vec;
 use crate::{Error, Result};
@@ -303,6 +303,18 @@ impl Geometry {
             rows += 1;
         }
         rows.min((total * self.batch / MIN_TASKS).max(1))
+    }
+
+    /// The convolution, for the direct kernel's plans.
+    #[cfg(target_arch = "x86_64")]
+    fn conv_shape(&self) -> ConvShape {
+        ConvShape {
+            channels: [self.out_channels, self.channels],
+            in_size: [self.height, self.width],
+            kernel: [self.kh, self.kw],
+            padding: self.padding,
+            dilation: self.dilation,
+        }
     }
 
     fn in_plane(&self) -> usize {
@@ -631,14 +643,7 @@ pub(crate) fn forward(
 /// The forward plan of the direct convolution.
 #[cfg(target_arch = "x86_64")]
 fn forward_plan(g: &Geometry, conv_weight: &[f32]) -> DirectPlan {
-    DirectPlan::forward(
-        conv_weight,
-        [g.out_channels, g.channels],
-        [g.height, g.width],
-        [g.kh, g.kw],
-        g.padding,
-        g.dilation,
-    )
+    DirectPlan::forward(conv_weight, &g.conv_shape())
 }
 
 /// Fills `block` with the padded planes of slice `(b, d)` (fused when `fusion_weight` is given)
@@ -945,16 +950,9 @@ fn input_gradients(
         0
     };
     #[cfg(target_arch = "x86_64")]
-    let grad_plan = g.direct.then(|| {
-        DirectPlan::input_gradient(
-            conv_weight,
-            [g.out_channels, g.channels],
-            [g.height, g.width],
-            [g.kh, g.kw],
-            g.padding,
-            g.dilation,
-        )
-    });
+    let grad_plan = g
+        .direct
+        .then(|| DirectPlan::input_gradient(conv_weight, &g.conv_shape()));
     #[cfg(target_arch = "x86_64")]
     let col_len = match &grad_plan {
         Some(plan) => plan.block_len(g.in_step / g.width),

@@ -42,51 +42,59 @@ pub(crate) struct DirectPlan {
     taps: Vec<usize>,
 }
 
+/// A stride-1 convolution as the forward pass sees it: weight `[O, C, kh, kw]` over `C` planes
+/// of `in_size`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvShape {
+    /// `[O, C]`
+    pub channels: [usize; 2],
+    /// `[H, W]` of the input planes.
+    pub in_size: [usize; 2],
+    /// `[kh, kw]`
+    pub kernel: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+}
+
+impl ConvShape {
+    fn out_size(&self) -> [usize; 2] {
+        [0, 1].map(|i| {
+            self.in_size[i] + 2 * self.padding[i] - (self.kernel[i] - 1) * self.dilation[i]
+        })
+    }
+}
+
 impl DirectPlan {
-    /// The forward convolution: `weight` is `[O, C, kh, kw]`.
-    pub(crate) fn forward(
-        weight: &[f32],
-        [out_channels, in_channels]: [usize; 2],
-        in_size: [usize; 2],
-        kernel: [usize; 2],
-        padding: [usize; 2],
-        dilation: [usize; 2],
-    ) -> DirectPlan {
-        let out_size = [0, 1].map(|i| in_size[i] + 2 * padding[i] - (kernel[i] - 1) * dilation[i]);
-        let pad = padding.map(|p| p as isize);
+    /// The forward convolution.
+    pub(crate) fn forward(weight: &[f32], s: &ConvShape) -> DirectPlan {
+        let pad = s.padding.map(|p| p as isize);
         Self::new(
             weight,
             false,
-            [out_channels, in_channels],
-            in_size,
-            out_size,
-            kernel,
+            s.channels,
+            s.in_size,
+            s.out_size(),
+            s.kernel,
             pad,
-            dilation,
+            s.dilation,
         )
     }
 
-    /// The input gradient of the forward convolution above: reads `dy` (`[O]` planes of the
+    /// The input gradient of the forward convolution `s`: reads `dy` (`[O]` planes of the
     /// forward's output size) and writes `dz` (`[C]` planes of the forward's input size).
-    pub(crate) fn input_gradient(
-        weight: &[f32],
-        [out_channels, in_channels]: [usize; 2],
-        in_size: [usize; 2],
-        kernel: [usize; 2],
-        padding: [usize; 2],
-        dilation: [usize; 2],
-    ) -> DirectPlan {
-        let fwd_out = [0, 1].map(|i| in_size[i] + 2 * padding[i] - (kernel[i] - 1) * dilation[i]);
-        let pad = [0, 1].map(|i| ((kernel[i] - 1) * dilation[i]) as isize - padding[i] as isize);
+    pub(crate) fn input_gradient(weight: &[f32], s: &ConvShape) -> DirectPlan {
+        let pad =
+            [0, 1].map(|i| ((s.kernel[i] - 1) * s.dilation[i]) as isize - s.padding[i] as isize);
+        let [o, c] = s.channels;
         Self::new(
             weight,
             true,
-            [in_channels, out_channels],
-            fwd_out,
-            in_size,
-            kernel,
+            [c, o],
+            s.out_size(),
+            s.in_size,
+            s.kernel,
             pad,
-            dilation,
+            s.dilation,
         )
     }
 
