@@ -192,6 +192,7 @@ impl<'a> Planes<'a> {
 }
 
 /// Problem geometry and the slab plan the tasks share.
+#[derive(Clone, Copy)]
 struct Geometry {
     batch: usize,
     channels: usize,
@@ -296,6 +297,12 @@ impl Geometry {
         self.in_step = in_rows * self.width;
     }
 
+    /// The same problem with its slabs planned again (after changing `direct`).
+    fn replanned(mut self) -> Geometry {
+        self.plan();
+        self
+    }
+
     /// Rows per slab out of `total`: the most whose `bytes` fit, capped for parallelism.
     fn rows_within(&self, total: usize, bytes: impl Fn(&Geometry, usize) -> usize) -> usize {
         let mut rows = 1;
@@ -380,6 +387,7 @@ impl Geometry {
 
     /// `block[d][c][0..n] = sum_e fw[e,d,c] * x[b,c,e,px]`: the fused planes of input pixels
     /// `px` of batch item `b`, every slice and channel.
+    #[inline(always)]
     fn fuse_block(&self, x: &[f32], b: usize, fw: &[f32], px: &Range<usize>, block: &mut [f32]) {
         let (n, cn, dn, plane) = (px.len(), self.channels, self.depth, self.in_plane());
         let xb = &x[self.in_batch(b)..];
@@ -426,6 +434,7 @@ impl Geometry {
     }
 
     /// Fills `col[C*kh*kw, n]` with the taps of output pixels `out` (whole rows).
+    #[inline(always)]
     fn im2col(&self, src: Planes<'_>, out: &Range<usize>, col: &mut [f32]) {
         let n = out.len();
         let (r0, r1) = (out.start / self.ow, out.end.div_ceil(self.ow));
@@ -472,6 +481,7 @@ impl Geometry {
 
     /// Fills `col[O*kh*kw, n]` for input pixels `px` (whole rows): for every `(o, tap)`, the
     /// `dy` value of the output that read each pixel through that tap, or zero.
+    #[inline(always)]
     fn gather_dy(&self, dy_slice: &[f32], px: &Range<usize>, col: &mut [f32]) {
         let n = px.len();
         let (r0, r1) = (px.start / self.width, px.end.div_ceil(self.width));
@@ -553,6 +563,39 @@ fn direct_supported(dims: &A3dConvDims) -> bool {
         && !dims.is_pointwise()
 }
 
+/// Runs `f` inside a function compiled for the active instruction-set tier, so that the plain
+/// loops inlined into it (fusion mixing, im2col copies, `x * dz` sums) vectorise to that tier's
+/// width. The loops use separate multiplies and adds, so every tier gives the same bits.
+#[inline(always)]
+fn on_tier<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match crate::cpu::active_isa() {
+            // SAFETY: the tier is only active when the CPU has its features.
+            crate::cpu::Isa::Avx512 => return unsafe { avx512(f) },
+            // SAFETY: as above.
+            crate::cpu::Isa::Avx2 => return unsafe { avx2(f) },
+            crate::cpu::Isa::Baseline => {}
+        }
+    }
+    f()
+}
+
+/// Tasks a rayon split keeps together: about four splits per thread, so the per-split buffers
+/// (`for_each_init`) are allocated a few times per call, not once per task. Results do not
+/// depend on it.
+fn min_tasks_per_split(tasks: usize) -> usize {
+    (tasks / (4 * rayon::current_num_threads())).max(1)
+}
+
 /// Splits `tasks` into at most `max` groups of consecutive tasks: (tasks per group, groups).
 fn groups(tasks: usize, max: usize) -> (usize, usize) {
     let per = tasks.div_ceil(max.clamp(1, tasks.max(1)));
@@ -590,53 +633,59 @@ pub(crate) fn forward(
     let slabs = g.out_slabs();
     let y_ptr = SharedMut(y.as_mut_ptr());
     let (block_len, col_len) = g.out_buffers();
-    (0..g.batch * slabs).into_par_iter().for_each_init(
-        || (vec![0.0f32; block_len], vec![0.0f32; col_len]),
-        |(block, col), t| {
-            let (b, s) = (t / slabs, t % slabs);
-            let (out, inp) = g.out_slab(s);
-            let n = out.len();
-            if let Some(fw) = fusion_weight {
-                g.fuse_block(x, b, fw, &inp, block);
-            }
-            for d in 0..g.depth {
-                let src = g.conv_input(x, block, b, d, &inp);
-                // SAFETY: rows o, pixels `out` of slice (b, d) belong to this task alone (tasks
-                // differ in batch item or pixel range) and lie inside `y`.
-                let dst = unsafe { y_ptr.ptr().add(g.out_slice(b, d) + out.start) };
-                if let Some(bias) = bias {
-                    for (o, &v) in bias.iter().enumerate() {
-                        // SAFETY: row o of this task's block, n elements (see above).
-                        let row = unsafe {
-                            std::slice::from_raw_parts_mut(dst.add(o * g.out_channel_stride()), n)
-                        };
-                        row.fill(v);
+    (0..g.batch * slabs)
+        .into_par_iter()
+        .with_min_len(min_tasks_per_split(g.batch * slabs))
+        .for_each_init(
+            || (vec![0.0f32; block_len], vec![0.0f32; col_len]),
+            |(block, col), t| {
+                let (b, s) = (t / slabs, t % slabs);
+                let (out, inp) = g.out_slab(s);
+                let n = out.len();
+                if let Some(fw) = fusion_weight {
+                    on_tier(|| g.fuse_block(x, b, fw, &inp, block));
+                }
+                for d in 0..g.depth {
+                    let src = g.conv_input(x, block, b, d, &inp);
+                    // SAFETY: rows o, pixels `out` of slice (b, d) belong to this task alone (tasks
+                    // differ in batch item or pixel range) and lie inside `y`.
+                    let dst = unsafe { y_ptr.ptr().add(g.out_slice(b, d) + out.start) };
+                    if let Some(bias) = bias {
+                        for (o, &v) in bias.iter().enumerate() {
+                            // SAFETY: row o of this task's block, n elements (see above).
+                            let row = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    dst.add(o * g.out_channel_stride()),
+                                    n,
+                                )
+                            };
+                            row.fill(v);
+                        }
+                    }
+                    let (rhs, rhs_strides) = if g.pointwise {
+                        (src.at(0, out.start).as_ptr(), [src.channel_stride, 1])
+                    } else {
+                        let col = &mut col[..g.ckk * n];
+                        on_tier(|| g.im2col(src, &out, col));
+                        (col.as_ptr(), [n, 1])
+                    };
+                    // SAFETY: lhs is the [O, C*kh*kw] weight; rhs C*kh*kw rows of n values (the
+                    // local slab, or C planes of `src` from pixel out.start); dst this task's block.
+                    unsafe {
+                        matmul(
+                            [g.out_channels, n, g.ckk],
+                            dst,
+                            [g.out_channel_stride(), 1],
+                            bias.is_some(),
+                            conv_weight.as_ptr(),
+                            [g.ckk, 1],
+                            rhs,
+                            rhs_strides,
+                        )
                     }
                 }
-                let (rhs, rhs_strides) = if g.pointwise {
-                    (src.at(0, out.start).as_ptr(), [src.channel_stride, 1])
-                } else {
-                    let col = &mut col[..g.ckk * n];
-                    g.im2col(src, &out, col);
-                    (col.as_ptr(), [n, 1])
-                };
-                // SAFETY: lhs is the [O, C*kh*kw] weight; rhs C*kh*kw rows of n values (the
-                // local slab, or C planes of `src` from pixel out.start); dst this task's block.
-                unsafe {
-                    matmul(
-                        [g.out_channels, n, g.ckk],
-                        dst,
-                        [g.out_channel_stride(), 1],
-                        bias.is_some(),
-                        conv_weight.as_ptr(),
-                        [g.ckk, 1],
-                        rhs,
-                        rhs_strides,
-                    )
-                }
-            }
-        },
-    );
+            },
+        );
     Ok(y)
 }
 
@@ -701,41 +750,44 @@ fn forward_direct(
     let slabs = g.out_slabs();
     let block_len = plan.block_len(g.out_step / g.ow);
     let y_ptr = SharedMut(y.as_mut_ptr());
-    (0..g.batch * slabs).into_par_iter().for_each_init(
-        || (vec![0.0f32; block_len], Vec::new()),
-        |(block, scratch), t| {
-            let (b, s) = (t / slabs, t % slabs);
-            let (out, _) = g.out_slab(s);
-            let (r0, rows) = (out.start / g.ow, out.len() / g.ow);
-            for d in 0..g.depth {
-                // SAFETY: `direct` is only set when the AVX-512 tier (F, FMA) is active.
-                unsafe {
-                    fill_slice(
-                        g,
-                        &plan,
-                        x,
-                        fusion_weight,
-                        (b, d),
-                        (r0, rows),
-                        block,
-                        scratch,
-                    )
-                };
-                // SAFETY: AVX-512F is present (as above); output rows r0.. of slice (b, d), every
-                // channel, belong to this task alone and lie inside `y`.
-                unsafe {
-                    plan.run(
-                        block,
-                        rows,
-                        bias,
-                        y_ptr.ptr().add(g.out_slice(b, d) + out.start),
-                        g.out_channel_stride(),
-                        g.ow,
-                    )
+    (0..g.batch * slabs)
+        .into_par_iter()
+        .with_min_len(min_tasks_per_split(g.batch * slabs))
+        .for_each_init(
+            || (vec![0.0f32; block_len], Vec::new()),
+            |(block, scratch), t| {
+                let (b, s) = (t / slabs, t % slabs);
+                let (out, _) = g.out_slab(s);
+                let (r0, rows) = (out.start / g.ow, out.len() / g.ow);
+                for d in 0..g.depth {
+                    // SAFETY: `direct` is only set when the AVX-512 tier (F, FMA) is active.
+                    unsafe {
+                        fill_slice(
+                            g,
+                            &plan,
+                            x,
+                            fusion_weight,
+                            (b, d),
+                            (r0, rows),
+                            block,
+                            scratch,
+                        )
+                    };
+                    // SAFETY: AVX-512F is present (as above); output rows r0.. of slice (b, d), every
+                    // channel, belong to this task alone and lie inside `y`.
+                    unsafe {
+                        plan.run(
+                            block,
+                            rows,
+                            bias,
+                            y_ptr.ptr().add(g.out_slice(b, d) + out.start),
+                            g.out_channel_stride(),
+                            g.ow,
+                        )
+                    }
                 }
-            }
-        },
-    );
+            },
+        );
 }
 
 /// Per-channel sums of `dy` over batch, slices and pixels, in eight f64 lanes in a fixed order.
@@ -781,6 +833,13 @@ fn conv_weight_gradient(
     fusion_weight: Option<&[f32]>,
     dy: &[f32],
 ) -> Result<Vec<f32>> {
+    // The weight gradient always runs im2col + GEMM: size its slabs for that, not for the
+    // direct kernel's padded planes.
+    let g = &Geometry {
+        direct: false,
+        ..*g
+    }
+    .replanned();
     let slabs = g.out_slabs();
     let tasks = g.batch * slabs;
     let size = g.out_channels * g.ckk;
@@ -800,7 +859,7 @@ fn conv_weight_gradient(
                 let (out, inp) = g.out_slab(s);
                 let n = out.len();
                 if let Some(fw) = fusion_weight {
-                    g.fuse_block(x, b, fw, &inp, block);
+                    on_tier(|| g.fuse_block(x, b, fw, &inp, block));
                 }
                 for d in 0..g.depth {
                     let src = g.conv_input(x, block, b, d, &inp);
@@ -808,7 +867,7 @@ fn conv_weight_gradient(
                         (src.at(0, out.start).as_ptr(), [1, src.channel_stride])
                     } else {
                         let col = &mut col[..g.ckk * n];
-                        g.im2col(src, &out, col);
+                        on_tier(|| g.im2col(src, &out, col));
                         (col.as_ptr(), [1, n])
                     };
                     // SAFETY: lhs is O rows of n pixels of dy's slice (b, d), rhs the transposed
@@ -836,6 +895,7 @@ fn conv_weight_gradient(
 /// The fusion's backward for input pixels `px` of batch item `b`, given `dz` for them
 /// (`dzb[d][c][0..n]`): writes `dx` there when given, adds `x * dz` sums to `dfw` when given.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn unfuse_block(
     g: &Geometry,
     x: &[f32],
@@ -996,7 +1056,7 @@ fn input_gradients(
                     (dy_slice[px.start..].as_ptr(), [g.out_channel_stride(), 1])
                 } else {
                     let col = &mut col[..g.okk * n];
-                    g.gather_dy(dy_slice, &px, col);
+                    on_tier(|| g.gather_dy(dy_slice, &px, col));
                     (col.as_ptr(), [n, 1])
                 };
                 // SAFETY: lhs is the [C, O*kh*kw] rearranged weight, rhs the gather (or O
@@ -1016,7 +1076,7 @@ fn input_gradients(
             }
             if let Some(fw) = fusion_weight {
                 let dx = if want_dx { dx_ptr } else { None };
-                unfuse_block(g, x, b, fw, &px, block, dx, dfw.as_deref_mut());
+                on_tier(|| unfuse_block(g, x, b, fw, &px, block, dx, dfw.as_deref_mut()));
             }
         }
     };
@@ -1031,6 +1091,7 @@ fn input_gradients(
     } else {
         (0..n_groups)
             .into_par_iter()
+            .with_min_len(min_tasks_per_split(n_groups))
             .for_each_init(init, |bufs, group| run_group(bufs, group, None));
     }
     let dfw = want_dfw.then(|| {
