@@ -44,7 +44,7 @@ pub(crate) mod cpu_kernel;
 mod direct;
 pub mod reference;
 
-use crate::fusion::{FusionDims, TensorInfo};
+use crate::ops::fusion::{check_dtype, check_shape, FusionDims, TensorInfo};
 use crate::tensor::element_count;
 use crate::{DType, Error, Result, Tensor};
 
@@ -167,26 +167,6 @@ fn out_len(
     Ok((padded - span) / stride + 1)
 }
 
-fn check_dtype(arg: &'static str, expected: DType, got: DType) -> Result<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(Error::DTypeMismatch { arg, expected, got })
-    }
-}
-
-fn check_exact(arg: &'static str, expected: &[usize], got: &[usize]) -> Result<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(Error::Shape {
-            arg,
-            expected: expected.to_vec(),
-            got: got.to_vec(),
-        })
-    }
-}
-
 /// Validates the forward arguments and returns the problem's sizes.
 ///
 /// Checks, in order: `x` rank and element count, `conv_weight` rank `[O, C, kh, kw]` with
@@ -223,7 +203,7 @@ pub fn check_forward<T: TensorInfo>(
         check_dtype("fusion_weight", x.dtype(), fw.dtype())?;
     }
     if let Some(b) = bias {
-        check_exact("bias", &[out_channels], b.shape())?;
+        check_shape("bias", &[out_channels], b.shape())?;
         check_dtype("bias", x.dtype(), b.dtype())?;
     }
     let oh = out_len(
@@ -273,7 +253,7 @@ pub fn check_backward<T: TensorInfo>(
             got: dy.shape().to_vec(),
         });
     }
-    check_exact("dy", &dims.output_shape(), dy.shape())?;
+    check_shape("dy", &dims.output_shape(), dy.shape())?;
     check_dtype("dy", x.dtype(), dy.dtype())?;
     Ok(dims)
 }
@@ -363,7 +343,7 @@ impl A3dConv<'_> {
     pub fn backward(&self, x: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients> {
         let dims = check_backward(x, self.fusion_weight, self.conv_weight, dy, &self.params)?;
         if let Some(b) = self.bias {
-            check_exact("bias", &[dims.out_channels], b.shape())?;
+            check_shape("bias", &[dims.out_channels], b.shape())?;
             check_dtype("bias", x.dtype(), b.dtype())?;
         }
         let grads = Grads {

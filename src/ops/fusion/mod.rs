@@ -118,7 +118,8 @@ impl FusionDims {
     }
 }
 
-fn check_shape(arg: &'static str, expected: &[usize], got: &[usize]) -> Result<()> {
+/// `Error::Shape` unless `got == expected` (shared by the operators' argument checks).
+pub(crate) fn check_shape(arg: &'static str, expected: &[usize], got: &[usize]) -> Result<()> {
     if expected == got {
         Ok(())
     } else {
@@ -130,7 +131,8 @@ fn check_shape(arg: &'static str, expected: &[usize], got: &[usize]) -> Result<(
     }
 }
 
-fn check_dtype(arg: &'static str, expected: DType, got: DType) -> Result<()> {
+/// `Error::DTypeMismatch` unless `got == expected` (shared by the operators' argument checks).
+pub(crate) fn check_dtype(arg: &'static str, expected: DType, got: DType) -> Result<()> {
     if expected == got {
         Ok(())
     } else {
