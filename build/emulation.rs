@@ -120,8 +120,9 @@ fn write_if_changed(path: &Path, contents: &str) {
 /// Compiles the emulator and every kernel source into the static library `a3d_emulation`.
 ///
 /// `repo_root` holds `kernels/`; `cuda_include` holds CUDA's `cuda_fp16.h` (see
-/// [`find_cuda_include`]). Panics (failing the build) when a source does not compile.
-pub fn compile(repo_root: &Path, cuda_include: &Path) {
+/// [`find_cuda_include`]); `sources` are the kernel files (build.rs's one list of
+/// `kernels/*.cu`). Panics (failing the build) when a source does not compile.
+pub fn compile(repo_root: &Path, cuda_include: &Path, sources: &[PathBuf]) {
     let kernels = repo_root.join("kernels");
     let emulation = kernels.join("emulation");
     let shim = emulation.join("cuda_host_shim.h");
@@ -145,10 +146,7 @@ pub fn compile(repo_root: &Path, cuda_include: &Path) {
         cuda_include.join("cuda_fp16.h").display()
     );
 
-    let mut units: Vec<Unit> = files_with_extension(&kernels, &["cu"])
-        .iter()
-        .map(|p| unit_for(p))
-        .collect();
+    let mut units: Vec<Unit> = sources.iter().map(|p| unit_for(p)).collect();
     units.push(unit_for(&emulation.join("selfcheck.cu")));
     for (i, unit) in units.iter().enumerate() {
         if units[..i].iter().any(|u| u.name == unit.name) {

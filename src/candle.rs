@@ -32,6 +32,7 @@ use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 use crate::a3dconv::{self, Conv2dParams, Grads};
 use crate::fusion::{check_backward, check_forward, FusionDims, TensorInfo};
 use crate::ops::fusion::cpu_kernel;
+use crate::dtype::with_dtype;
 use crate::tensor::{element_count, HostElement};
 use crate::{DType, Element};
 
@@ -226,11 +227,7 @@ impl CustomOp2 for FusionOp {
         let (xa, wa) = (arg(op, "x", s1, l1)?, arg(op, "w", s2, l2)?);
         let dims = check_forward(&xa, &wa).map_err(|e| candle_err(op, e))?;
         let (x, w) = ((s1, l1), (s2, l2));
-        let y = match xa.dtype() {
-            DType::F32 => forward::<f32>(op, &dims, x, w)?,
-            DType::F16 => forward::<half::f16>(op, &dims, x, w)?,
-            DType::BF16 => forward::<half::bf16>(op, &dims, x, w)?,
-        };
+        let y = with_dtype!(xa.dtype(), T => forward::<T>(op, &dims, x, w)?);
         Ok((y, l1.shape().clone()))
     }
 
@@ -311,11 +308,7 @@ impl CustomOp3 for FusionGradOp {
             .map_err(|e| candle_err(op, e))?;
         let input = matches!(self.0, Grad::Input);
         let args = ((s1, l1), (s2, l2), (s3, l3));
-        let out = match xa.dtype() {
-            DType::F32 => gradient::<f32>(op, input, &dims, args.0, args.1, args.2)?,
-            DType::F16 => gradient::<half::f16>(op, input, &dims, args.0, args.1, args.2)?,
-            DType::BF16 => gradient::<half::bf16>(op, input, &dims, args.0, args.1, args.2)?,
-        };
+        let out = with_dtype!(xa.dtype(), T => gradient::<T>(op, input, &dims, args.0, args.1, args.2)?);
         let shape = if input {
             l1.shape().clone()
         } else {
@@ -438,11 +431,7 @@ fn candle_tensor(
         }
         Tensor::from_vec(data, shape, device)
     }
-    match parts.first().map_or(DType::F32, crate::Tensor::dtype) {
-        DType::F32 => typed::<f32>(op, parts, shape, device),
-        DType::F16 => typed::<half::f16>(op, parts, shape, device),
-        DType::BF16 => typed::<half::bf16>(op, parts, shape, device),
-    }
+    with_dtype!(parts.first().map_or(DType::F32, crate::Tensor::dtype), T => typed::<T>(op, parts, shape, device))
 }
 
 /// `f(storage, layout)` on a candle tensor's CPU storage; an error naming the device otherwise.

@@ -56,6 +56,35 @@ impl std::str::FromStr for DType {
     }
 }
 
+/// Runs `$body` with the type alias `$T` bound to the Rust element type of `$dtype` (`f32`,
+/// `half::f16`, `half::bf16`): the crate's one dtype dispatch.
+///
+/// ```ignore
+/// with_dtype!(x.dtype(), T => kernel::<T>(x.as_slice::<T>()?))
+/// ```
+macro_rules! with_dtype {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::DType::F32 => {
+                #[allow(dead_code)]
+                type $T = f32;
+                $body
+            }
+            $crate::DType::F16 => {
+                #[allow(dead_code)]
+                type $T = half::f16;
+                $body
+            }
+            $crate::DType::BF16 => {
+                #[allow(dead_code)]
+                type $T = half::bf16;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_dtype;
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}

@@ -1,5 +1,7 @@
 //! CUDA backend (feature `cuda`): devices, device tensors, and the launch of the kernels in
 //! `kernels/*.cu`, which build.rs compiles with nvcc into one embedded fatbin per source file.
+//! Each fatbin is a module named by its file stem (`kernels/shift.cu` is module `"shift"`),
+//! loaded lazily on first use by [`CudaDevice::function`]; nothing here knows an op's name.
 //!
 //! A binary built with this feature starts on machines without a driver or GPU: the driver
 //! library is probed before cudarc touches it, and [`CudaDevice::open`] returns
@@ -14,11 +16,29 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverEr
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// The fatbin of kernels/fusion.cu (machine code for sm_75..sm_90, PTX for compute_75).
-static FUSION_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fusion.fatbin"));
+/// One embedded kernel module: the fatbin of `kernels/<name>.cu` (machine code for
+/// sm_75..sm_90, PTX for compute_75) and its ptxas register/spill report.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelModule {
+    /// The source's file stem (`fusion`, `shift`, ...).
+    pub name: &'static str,
+    /// The fatbin bytes.
+    pub fatbin: &'static [u8],
+    /// The ptxas report, one line per kernel and architecture.
+    pub ptxas_report: &'static str,
+}
 
-/// The ptxas register/spill report of the embedded kernels, one line per kernel and arch.
-pub const PTXAS_REPORT: &str = include_str!(concat!(env!("OUT_DIR"), "/fusion.ptxas.txt"));
+/// Every module build.rs compiled, sorted by name (generated table).
+pub static KERNEL_MODULES: &[KernelModule] =
+    include!(concat!(env!("OUT_DIR"), "/kernel_modules.rs"));
+
+/// The ptxas reports of all modules, one after another.
+pub fn ptxas_report() -> String {
+    KERNEL_MODULES
+        .iter()
+        .map(|m| format!("== kernels/{}.cu\n{}", m.name, m.ptxas_report))
+        .collect()
+}
 
 pub(crate) fn driver_error(e: DriverError) -> Error {
     Error::Backend {
@@ -69,8 +89,8 @@ struct DeviceInner {
     name: String,
     compute_capability: (i32, i32),
     sm_count: u32,
-    fusion: OnceLock<Arc<CudaModule>>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -120,7 +140,7 @@ impl CudaDevice {
                 name,
                 compute_capability,
                 sm_count,
-                fusion: OnceLock::new(),
+                modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
             }),
         })
@@ -176,34 +196,42 @@ impl CudaDevice {
         self.inner.compute_capability.0 >= 8
     }
 
-    /// A kernel of kernels/fusion.cu; the module is loaded once per device and functions are
-    /// cached by name.
-    pub(crate) fn fusion_function(&self, name: &str) -> Result<CudaFunction> {
-        let mut cache = self
-            .inner
-            .functions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(f) = cache.get(name) {
+    /// Kernel `name` of module `module` (`kernels/<module>.cu`). The module is loaded once per
+    /// device on first use and functions are cached by name.
+    pub(crate) fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
+        let key = (module, name.to_owned());
+        if let Some(f) = lock(&self.inner.functions).get(&key) {
             return Ok(f.clone());
         }
-        let module = match self.inner.fusion.get() {
-            Some(m) => m.clone(),
-            None => {
-                let image = cudarc::nvrtc::Ptx::from_binary(FUSION_FATBIN.to_vec());
-                let m = self
-                    .inner
-                    .context
-                    .load_module(image)
-                    .map_err(driver_error)?;
-                self.inner.fusion.get_or_init(|| m).clone()
+        let loaded = {
+            let mut modules = lock(&self.inner.modules);
+            match modules.get(module) {
+                Some(m) => m.clone(),
+                None => {
+                    let image = KERNEL_MODULES
+                        .iter()
+                        .find(|m| m.name == module)
+                        .ok_or_else(|| Error::Backend {
+                            backend: "cuda",
+                            message: format!("no kernel module `{module}` was built"),
+                        })?;
+                    let ptx = cudarc::nvrtc::Ptx::from_binary(image.fatbin.to_vec());
+                    let m = self.inner.context.load_module(ptx).map_err(driver_error)?;
+                    modules.insert(module, m.clone());
+                    m
+                }
             }
         };
-        let f = module.load_function(name).map_err(|e| Error::Backend {
+        let f = loaded.load_function(name).map_err(|e| Error::Backend {
             backend: "cuda",
-            message: format!("kernel `{name}` not loadable on {self:?}: {e}"),
+            message: format!("kernel `{module}::{name}` not loadable on {self:?}: {e}"),
         })?;
-        cache.insert(name.to_owned(), f.clone());
+        lock(&self.inner.functions).insert(key, f.clone());
         Ok(f)
     }
+}
+
+/// A cache lock; a panic elsewhere cannot leave a cache half-written, so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -7,6 +7,7 @@
 use super::launch::{self, Launch};
 use super::{check_backward, check_forward, check_outputs, FusionDims, Grads};
 use crate::cuda::{driver_error, CudaDevice, CudaStorage, CudaTensor};
+use crate::dtype::with_dtype;
 use crate::kernel_params::A3dFusionParams;
 use crate::{DType, Element, Error, Result};
 use cudarc::driver::{
@@ -94,7 +95,7 @@ fn launch_mix<T: CudaElement>(
         return Ok(());
     }
     let plan = launch::elementwise(op, dims, T::DTYPE, resident(device), launch::MAX_GRID_Y);
-    let f = device.fusion_function(&plan.name)?;
+    let f = device.function("fusion", &plan.name)?;
     let params = launch::params(dims, 0);
     let mut b = device.stream().launch_builder(&f);
     b.arg(input).arg(w).arg(out).arg(&params);
@@ -133,13 +134,13 @@ pub fn launch_grad_weight<T: CudaElement>(
     // block writes all D*D entries of its slot) before the reduce kernel, queued after it on
     // the same stream, reads any.
     let mut partials = unsafe { stream.alloc::<f32>(plan.partials_len) }.map_err(driver_error)?;
-    let partial = device.fusion_function(&plan.partial.name)?;
+    let partial = device.function("fusion", &plan.partial.name)?;
     let mut b = stream.launch_builder(&partial);
     b.arg(x).arg(dy).arg(&mut partials).arg(&plan.params);
     // SAFETY: (const T* x, const T* dy, float* partials, params); the partials buffer holds
     // C * partial_blocks * D * D floats, the size the plan's grid writes.
     unsafe { b.launch(config(&plan.partial)) }.map_err(driver_error)?;
-    let reduce = device.fusion_function(&plan.reduce.name)?;
+    let reduce = device.function("fusion", &plan.reduce.name)?;
     let mut b = stream.launch_builder(&reduce);
     b.arg(&partials).arg(dw).arg(&plan.params);
     // SAFETY: (const float* partials, T* dw, params); dw holds D*D*C elements.
@@ -161,18 +162,6 @@ fn check_lengths(dims: &FusionDims, big: &[usize], small: usize) -> Result<()> {
             ),
         })
     }
-}
-
-/// Runs `$body` with `$x`, `$w`, ... bound to typed views of the tensors' storage; the dtypes
-/// were checked equal beforehand.
-macro_rules! typed_views {
-    ($dtype:expr, $body:ident ( $($pre:expr),* ; $($arg:expr),* )) => {
-        match $dtype {
-            DType::F32 => $body::<f32>($($pre),* , $($arg),*),
-            DType::F16 => $body::<half::f16>($($pre),* , $($arg),*),
-            DType::BF16 => $body::<half::bf16>($($pre),* , $($arg),*),
-        }
-    };
 }
 
 /// Typed access to a tensor's device memory.
@@ -236,7 +225,7 @@ pub fn forward_into(x: &CudaTensor, w: &CudaTensor, y: &mut CudaTensor) -> Resul
     check_outputs(&dims, x.dtype(), &[("y", Some(&*y))], None)?;
     x.check_same_device("w", w)?;
     x.check_same_device("y", y)?;
-    typed_views!(x.dtype(), forward_typed(&dims ; x, w, y))
+    with_dtype!(x.dtype(), T => forward_typed::<T>(&dims, x, w, y))
 }
 
 fn backward_typed<T: CudaElement>(
@@ -294,5 +283,5 @@ pub fn backward_into(
             x.check_same_device(arg, t)?;
         }
     }
-    typed_views!(x.dtype(), backward_typed(&dims ; x, w, dy, dx, dw))
+    with_dtype!(x.dtype(), T => backward_typed::<T>(&dims, x, w, dy, dx, dw))
 }

@@ -7,8 +7,8 @@ use super::{check_backward, check_forward, FusionDims, Gradients, Grads};
 use crate::emulation::{self, arg, Order};
 use crate::selftest::FusionBackend;
 use crate::tensor::HostElement;
-use crate::{DType, Error, Result, Tensor};
-use half::{bf16, f16};
+use crate::dtype::with_dtype;
+use crate::{Error, Result, Tensor};
 use std::ffi::c_void;
 
 /// Runs the CUDA kernels on the CPU (feature `emulation`).
@@ -207,11 +207,7 @@ impl FusionBackend for Emulated {
         if dims.is_empty() {
             return Tensor::zeros(x.shape(), x.dtype());
         }
-        match x.dtype() {
-            DType::F32 => self.forward_typed::<f32>(&dims, x, w),
-            DType::F16 => self.forward_typed::<f16>(&dims, x, w),
-            DType::BF16 => self.forward_typed::<bf16>(&dims, x, w),
-        }
+        with_dtype!(x.dtype(), T => self.forward_typed::<T>(&dims, x, w))
     }
 
     fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients> {
@@ -225,10 +221,6 @@ impl FusionBackend for Emulated {
                 dw: zeros(grads.weight, &dims.weight_shape())?,
             });
         }
-        match x.dtype() {
-            DType::F32 => self.backward_typed::<f32>(&dims, x, w, dy, grads),
-            DType::F16 => self.backward_typed::<f16>(&dims, x, w, dy, grads),
-            DType::BF16 => self.backward_typed::<bf16>(&dims, x, w, dy, grads),
-        }
+        with_dtype!(x.dtype(), T => self.backward_typed::<T>(&dims, x, w, dy, grads))
     }
 }

@@ -23,6 +23,7 @@ pub(crate) mod emulated;
 pub(crate) mod launch;
 pub mod reference;
 
+use crate::dtype::with_dtype;
 use crate::tensor::element_count;
 use crate::{DType, Error, Result, Tensor};
 
@@ -258,11 +259,7 @@ pub fn forward_into(x: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
         return Ok(());
     }
     let wf = w.to_f32_vec();
-    match x.dtype() {
-        DType::F32 => forward_typed::<f32>(&dims, x, &wf, y),
-        DType::F16 => forward_typed::<half::f16>(&dims, x, &wf, y),
-        DType::BF16 => forward_typed::<half::bf16>(&dims, x, &wf, y),
-    }
+    with_dtype!(x.dtype(), T => forward_typed::<T>(&dims, x, &wf, y))
 }
 
 fn forward_typed<T: crate::tensor::HostElement>(
@@ -304,11 +301,7 @@ pub fn backward_into(
     let dims = check_backward(x, w, dy)?;
     check_outputs(&dims, x.dtype(), &[("dx", dx.as_deref())], dw.as_deref())?;
     let wf = w.to_f32_vec();
-    match x.dtype() {
-        DType::F32 => backward_typed::<f32>(&dims, x, &wf, dy, dx, dw),
-        DType::F16 => backward_typed::<half::f16>(&dims, x, &wf, dy, dx, dw),
-        DType::BF16 => backward_typed::<half::bf16>(&dims, x, &wf, dy, dx, dw),
-    }
+    with_dtype!(x.dtype(), T => backward_typed::<T>(&dims, x, &wf, dy, dx, dw))
 }
 
 fn backward_typed<T: crate::tensor::HostElement>(

@@ -6,6 +6,8 @@
 //! AVX2 and AVX-512 tiers fuse multiply-adds, the baseline does not). A user who needs the same
 //! bits on different machines can cap every machine at the same tier with [`set_isa_limit`].
 
+pub(crate) mod tier;
+
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Instruction-set tiers, narrowest first.
