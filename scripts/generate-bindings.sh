@@ -23,19 +23,24 @@ if ! command -v bindgen >/dev/null 2>&1 || [ "$(bindgen --version 2>/dev/null | 
 fi
 
 tmp=$(mktemp)
-trap 'rm -f "$tmp" "$tmp.rs"' EXIT
+trap 'rm -f "$tmp" "$tmp.rs" "$tmp.h"' EXIT
+# One header including every kernels/*_params.h (sorted), so adding an op family's header is
+# all it takes.
+for header in kernels/*_params.h; do
+  echo "#include \"$repo/$header\""
+done > "$tmp.h"
 {
   echo "//! Launch-parameter structs shared with the CUDA kernels, generated from kernels/*_params.h"
   echo "//! by scripts/generate-bindings.sh (bindgen $version). Do not edit: CI regenerates and compares."
   echo
-  "$bindgen" kernels/fusion_params.h \
+  "$bindgen" "$tmp.h" \
     --allowlist-type 'A3d.*' --allowlist-var 'A3D_.*' \
     --no-prepend-enum-name --use-core \
     --raw-line '#![allow(non_camel_case_types, non_snake_case, dead_code)]' \
     -- -x c -std=c11
 } > "$tmp.rs" 2>/dev/null || {
   echo "generate-bindings: bindgen failed (is libclang installed? apt-get install libclang-dev)" >&2
-  "$bindgen" kernels/fusion_params.h -- -x c >/dev/null
+  "$bindgen" "$tmp.h" -- -x c >/dev/null
   exit 1
 }
 rustfmt --edition 2021 "$tmp.rs"

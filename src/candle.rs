@@ -30,7 +30,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Module, Shape, Tenso
 use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
 use crate::a3dconv::{self, Conv2dParams, Grads};
-use crate::fusion::{check_backward, check_forward, FusionDims, TensorInfo};
+use crate::fusion::{check_backward, check_forward, FusionDims};
+use crate::TensorInfo;
 use crate::ops::fusion::cpu_kernel;
 use crate::dtype::with_dtype;
 use crate::tensor::{element_count, HostElement};

@@ -10,8 +10,10 @@
 //! the launches after pending work on the same buffers.
 
 use crate::cuda::CudaDevice as A3dDevice;
-use crate::fusion::cuda::{launch_forward, launch_grad_input, launch_grad_weight, CudaElement};
-use crate::fusion::{FusionDims, TensorInfo};
+use crate::cuda::CudaElement;
+use crate::fusion::cuda::{launch_forward, launch_grad_input, launch_grad_weight};
+use crate::fusion::FusionDims;
+use crate::TensorInfo;
 use crate::DType;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDType, CudaStorage};

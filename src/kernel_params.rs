@@ -5,7 +5,43 @@
 
 #![allow(non_camel_case_types, non_snake_case, dead_code)]
 
+pub const A3D_DEPTHCONV_BLOCK: u32 = 256;
+pub const A3D_DEPTHCONV_MAX_TAPS: u32 = 7;
 pub const A3D_FUSION_BLOCK: u32 = 256;
+pub const A3D_SHIFT_BLOCK: u32 = 256;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct A3dDepthConvParams {
+    #[doc = " B: batch size."]
+    pub batch: u64,
+    #[doc = " C: channels."]
+    pub channels: u64,
+    #[doc = " D: slices."]
+    pub depth: u64,
+    #[doc = " P = H * W: pixels of one slice."]
+    pub pixels: u64,
+    #[doc = " K: taps. For a kernel specialised for K taps (`_k<K>` suffix) this must equal K."]
+    pub taps: u64,
+    #[doc = " grad-weight only: partial sums per channel (gridDim.x of the partial kernel)."]
+    pub partial_blocks: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of A3dDepthConvParams"][::core::mem::size_of::<A3dDepthConvParams>() - 48usize];
+    ["Alignment of A3dDepthConvParams"][::core::mem::align_of::<A3dDepthConvParams>() - 8usize];
+    ["Offset of field: A3dDepthConvParams::batch"]
+        [::core::mem::offset_of!(A3dDepthConvParams, batch) - 0usize];
+    ["Offset of field: A3dDepthConvParams::channels"]
+        [::core::mem::offset_of!(A3dDepthConvParams, channels) - 8usize];
+    ["Offset of field: A3dDepthConvParams::depth"]
+        [::core::mem::offset_of!(A3dDepthConvParams, depth) - 16usize];
+    ["Offset of field: A3dDepthConvParams::pixels"]
+        [::core::mem::offset_of!(A3dDepthConvParams, pixels) - 24usize];
+    ["Offset of field: A3dDepthConvParams::taps"]
+        [::core::mem::offset_of!(A3dDepthConvParams, taps) - 32usize];
+    ["Offset of field: A3dDepthConvParams::partial_blocks"]
+        [::core::mem::offset_of!(A3dDepthConvParams, partial_blocks) - 40usize];
+};
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct A3dFusionParams {
@@ -34,4 +70,33 @@ const _: () = {
         [::core::mem::offset_of!(A3dFusionParams, pixels) - 24usize];
     ["Offset of field: A3dFusionParams::partial_blocks"]
         [::core::mem::offset_of!(A3dFusionParams, partial_blocks) - 32usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct A3dShiftParams {
+    #[doc = " B: batch size."]
+    pub batch: u64,
+    #[doc = " C: channels."]
+    pub channels: u64,
+    #[doc = " D: slices."]
+    pub depth: u64,
+    #[doc = " P = H * W: pixels of one slice."]
+    pub pixels: u64,
+    #[doc = " Channels [0, fold) read the next slice, [fold, 2 fold) the previous one (forward)."]
+    pub fold: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of A3dShiftParams"][::core::mem::size_of::<A3dShiftParams>() - 40usize];
+    ["Alignment of A3dShiftParams"][::core::mem::align_of::<A3dShiftParams>() - 8usize];
+    ["Offset of field: A3dShiftParams::batch"]
+        [::core::mem::offset_of!(A3dShiftParams, batch) - 0usize];
+    ["Offset of field: A3dShiftParams::channels"]
+        [::core::mem::offset_of!(A3dShiftParams, channels) - 8usize];
+    ["Offset of field: A3dShiftParams::depth"]
+        [::core::mem::offset_of!(A3dShiftParams, depth) - 16usize];
+    ["Offset of field: A3dShiftParams::pixels"]
+        [::core::mem::offset_of!(A3dShiftParams, pixels) - 24usize];
+    ["Offset of field: A3dShiftParams::fold"]
+        [::core::mem::offset_of!(A3dShiftParams, fold) - 32usize];
 };

@@ -42,14 +42,16 @@ pub(crate) mod emulation;
 mod error;
 #[allow(clippy::all)]
 pub(crate) mod kernel_params;
-pub mod ops;
+mod ops;
 pub mod rng;
+pub mod backend;
 pub mod selftest;
 pub mod tensor;
 
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use ops::{a3dconv, fusion};
+pub use ops::common::TensorInfo;
+pub use ops::{a3dconv, depthconv, fusion, shift};
 pub use tensor::Tensor;
 
 /// The README's Rust example is compiled and run as a doctest.

@@ -4,51 +4,10 @@
 //! runs on the CPU only (on a GPU, A3DConv is candle's convolution after a3d's fusion).
 
 use crate::a3dconv::{self, A3dConv, Conv2dParams};
-#[cfg(feature = "emulation")]
-pub use crate::fusion::emulated::Emulated;
+use crate::backend::FusionBackend;
 use crate::fusion::{self, reference, FusionDims, Gradients, Grads};
 use crate::rng::SplitMix64;
 use crate::{DType, Result, Tensor};
-
-/// A place fusion can run: the CPU here, CUDA and host emulation where built.
-pub trait FusionBackend {
-    /// Short name printed in reports (`cpu`, `cuda:0`, `emulated`).
-    fn name(&self) -> String;
-    /// `y = fuse(x, w)`.
-    fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor>;
-    /// The requested gradients.
-    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients>;
-}
-
-/// The CPU path. Outputs are filled with NaN before the kernels run, so an element a kernel
-/// forgets to write shows up as an error.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Cpu;
-
-impl FusionBackend for Cpu {
-    fn name(&self) -> String {
-        "cpu".into()
-    }
-
-    fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let mut y = Tensor::full(x.shape(), f32::NAN, x.dtype())?;
-        fusion::forward_into(x, w, &mut y)?;
-        Ok(y)
-    }
-
-    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients> {
-        let poisoned = |shape: &[usize], wanted: bool| -> Result<Option<Tensor>> {
-            wanted
-                .then(|| Tensor::full(shape, f32::NAN, x.dtype()))
-                .transpose()
-        };
-        let mut dx = poisoned(x.shape(), grads.input)?;
-        let dw_shape = [x.shape()[2], x.shape()[2], x.shape()[1]];
-        let mut dw = poisoned(&dw_shape, grads.weight)?;
-        fusion::backward_into(x, w, dy, dx.as_mut(), dw.as_mut())?;
-        Ok(Gradients { dx, dw })
-    }
-}
 
 /// Error bound for a dtype, by relative norm against float64 (shared/docs/operator.md).
 pub fn tolerance(dtype: DType) -> f64 {
@@ -189,53 +148,6 @@ fn check_shape(
         check("grad_input", dx, &reference::grad_input(&dims, &wf, &dyf)),
         check("grad_weight", dw, &reference::grad_weight(&dims, &xf, &dyf)),
     ]
-}
-
-/// The CUDA kernels on a GPU (feature `cuda`). Outputs are NaN-poisoned before each launch.
-#[cfg(feature = "cuda")]
-#[derive(Debug, Clone)]
-pub struct Cuda {
-    /// The device to run on.
-    pub device: crate::cuda::CudaDevice,
-}
-
-#[cfg(feature = "cuda")]
-impl FusionBackend for Cuda {
-    fn name(&self) -> String {
-        format!("cuda:{}", self.device.ordinal())
-    }
-
-    fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        use crate::cuda::CudaTensor;
-        let dev = &self.device;
-        let (xd, wd) = (CudaTensor::upload(x, dev)?, CudaTensor::upload(w, dev)?);
-        let mut y = CudaTensor::full(x.shape(), f32::NAN, x.dtype(), dev)?;
-        fusion::cuda::forward_into(&xd, &wd, &mut y)?;
-        y.download()
-    }
-
-    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients> {
-        use crate::cuda::CudaTensor;
-        let dev = &self.device;
-        let (xd, wd, dyd) = (
-            CudaTensor::upload(x, dev)?,
-            CudaTensor::upload(w, dev)?,
-            CudaTensor::upload(dy, dev)?,
-        );
-        let dims = FusionDims::from_input_shape(x.shape())?;
-        let poisoned = |wanted: bool, shape: &[usize]| {
-            wanted
-                .then(|| CudaTensor::full(shape, f32::NAN, x.dtype(), dev))
-                .transpose()
-        };
-        let mut dx = poisoned(grads.input, x.shape())?;
-        let mut dw = poisoned(grads.weight, &dims.weight_shape())?;
-        fusion::cuda::backward_into(&xd, &wd, &dyd, dx.as_mut(), dw.as_mut())?;
-        Ok(Gradients {
-            dx: dx.map(|t| t.download()).transpose()?,
-            dw: dw.map(|t| t.download()).transpose()?,
-        })
-    }
 }
 
 /// One A3DConv layer of the self-test: input shape, convolution and which parameters it has.

@@ -6,7 +6,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use a3d::a3dconv::{self, reference, A3dConv, Conv2dParams, Gradients, Grads};
-use a3d::fusion::TensorInfo;
+use a3d::TensorInfo;
 use a3d::rng::SplitMix64;
 use a3d::{DType, Error, Tensor};
 

@@ -17,7 +17,7 @@ fn every_available_tier_passes_the_selftest_and_is_deterministic() {
     for tier in Isa::ALL.into_iter().filter(|t| *t <= detected) {
         cpu::set_isa_limit(tier);
         assert_eq!(cpu::active_isa(), tier);
-        for check in selftest::run_fusion(&selftest::Cpu, 21 + tier as u64) {
+        for check in selftest::run_fusion(&a3d::backend::Cpu, 21 + tier as u64) {
             assert!(check.passed(), "tier {}: {check}", tier.as_str());
         }
         let mut rng = a3d::rng::SplitMix64::new(3);

@@ -9,7 +9,8 @@
 use a3d::cuda::{CudaDevice, CudaTensor};
 use a3d::fusion::{self, reference, FusionDims, Grads};
 use a3d::rng::SplitMix64;
-use a3d::selftest::{self, FusionBackend};
+use a3d::backend::FusionBackend;
+use a3d::selftest;
 use a3d::{DType, Error, Tensor};
 use std::io::Write;
 
@@ -37,7 +38,7 @@ fn random(shape: &[usize], dtype: DType, rng: &mut SplitMix64) -> Tensor {
 }
 
 fn check_shape(dev: &CudaDevice, shape: [usize; 5], dtype: DType, rng: &mut SplitMix64) {
-    let backend = selftest::Cuda {
+    let backend = a3d::backend::Cuda {
         device: dev.clone(),
     };
     let dims = FusionDims::from_input_shape(&shape).unwrap();
@@ -63,7 +64,7 @@ fn check_shape(dev: &CudaDevice, shape: [usize; 5], dtype: DType, rng: &mut Spli
 #[test]
 fn gpu_selftest_passes() {
     let Some(dev) = device() else { return };
-    for c in selftest::run_fusion(&selftest::Cuda { device: dev }, 17) {
+    for c in selftest::run_fusion(&a3d::backend::Cuda { device: dev }, 17) {
         assert!(c.passed(), "{c}");
     }
 }
@@ -99,7 +100,7 @@ fn gpu_matches_cpu_on_large_shapes() {
             let w = fusion::init_weights(shape[2], shape[1], 3)
                 .unwrap()
                 .to_dtype(dtype);
-            let gpu = selftest::Cuda {
+            let gpu = a3d::backend::Cuda {
                 device: dev.clone(),
             };
             let tol = 2.0 * selftest::tolerance(dtype);

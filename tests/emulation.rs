@@ -5,7 +5,8 @@
 #![cfg(feature = "emulation")]
 
 use a3d::fusion::{self, Grads};
-use a3d::selftest::{self, Emulated, FusionBackend};
+use a3d::backend::{Emulated, FusionBackend};
+use a3d::selftest;
 use a3d::{DType, Tensor};
 
 fn assert_all_pass(backend: &Emulated, seed: u64) {

@@ -3,7 +3,8 @@
 
 use a3d::fusion::{self, reference, FusionDims, Grads};
 use a3d::rng::SplitMix64;
-use a3d::selftest::{self, FusionBackend};
+use a3d::backend::FusionBackend;
+use a3d::selftest;
 use a3d::{DType, Error, Tensor};
 use half::{bf16, f16};
 
@@ -13,7 +14,7 @@ fn random(shape: &[usize], dtype: DType, rng: &mut SplitMix64) -> Tensor {
 }
 
 /// Forward, dx and dw against float64 for one shape and dtype; outputs are NaN-poisoned first
-/// (by the `selftest::Cpu` backend) so unwritten elements fail.
+/// (by the `a3d::backend::Cpu` backend) so unwritten elements fail.
 fn check_against_reference(shape: [usize; 5], dtype: DType, rng: &mut SplitMix64) {
     let dims = FusionDims::from_input_shape(&shape).unwrap();
     let x = random(&shape, dtype, rng);
@@ -22,7 +23,7 @@ fn check_against_reference(shape: [usize; 5], dtype: DType, rng: &mut SplitMix64
         .unwrap()
         .to_dtype(dtype);
     let (xf, wf, dyf) = (x.to_f64_vec(), w.to_f64_vec(), dy.to_f64_vec());
-    let cpu = selftest::Cpu;
+    let cpu = a3d::backend::Cpu;
     let tol = selftest::tolerance(dtype);
 
     let y = cpu.forward(&x, &w).unwrap();
@@ -387,7 +388,7 @@ fn typed_tensors_round_trip() {
 
 #[test]
 fn selftest_passes_on_the_cpu() {
-    let checks = selftest::run_fusion(&selftest::Cpu, 11);
+    let checks = selftest::run_fusion(&a3d::backend::Cpu, 11);
     assert_eq!(checks.len(), selftest::SHAPES.len() * 3 * 3);
     for c in &checks {
         assert!(c.passed(), "{c}");

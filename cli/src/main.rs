@@ -21,7 +21,8 @@ macro_rules! say {
 }
 pub(crate) use say;
 
-use a3d::selftest::{self, FusionBackend};
+use a3d::backend::FusionBackend;
+use a3d::selftest;
 use a3d::DType;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -321,13 +322,13 @@ fn backends(device: DeviceArg) -> Vec<Result<Box<dyn FusionBackend>, String>> {
     let mut out: Vec<Result<Box<dyn FusionBackend>, String>> = Vec::new();
     let all = device == DeviceArg::All;
     if all || device == DeviceArg::Cpu {
-        out.push(Ok(Box::new(selftest::Cpu)));
+        out.push(Ok(Box::new(a3d::backend::Cpu)));
     }
     if all || device == DeviceArg::Emulated {
         #[cfg(feature = "emulation")]
         for b in [
-            selftest::Emulated::default(),
-            selftest::Emulated {
+            a3d::backend::Emulated::default(),
+            a3d::backend::Emulated {
                 sm_count: 5,
                 misaligned: true,
                 reverse_threads: true,
@@ -357,7 +358,7 @@ fn cuda_backends() -> Vec<Result<Box<dyn FusionBackend>, String>> {
     (0..count)
         .map(|i| {
             a3d::cuda::CudaDevice::open(i)
-                .map(|device| Box::new(selftest::Cuda { device }) as Box<dyn FusionBackend>)
+                .map(|device| Box::new(a3d::backend::Cuda { device }) as Box<dyn FusionBackend>)
                 .map_err(|e| format!("cuda:{i}: unavailable ({e})"))
         })
         .collect()

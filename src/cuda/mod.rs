@@ -7,8 +7,10 @@
 //! library is probed before cudarc touches it, and [`CudaDevice::open`] returns
 //! [`Error::Unavailable`] instead of panicking.
 
+pub(crate) mod launch;
 mod tensor;
 
+pub use launch::CudaElement;
 pub use tensor::{CudaStorage, CudaTensor};
 
 use crate::{Error, Result};

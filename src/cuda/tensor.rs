@@ -44,7 +44,7 @@ impl std::fmt::Debug for CudaTensor {
     }
 }
 
-impl crate::fusion::TensorInfo for CudaTensor {
+impl crate::TensorInfo for CudaTensor {
     fn shape(&self) -> &[usize] {
         &self.shape
     }

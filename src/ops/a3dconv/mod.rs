@@ -44,7 +44,8 @@ pub(crate) mod cpu_kernel;
 mod direct;
 pub mod reference;
 
-use crate::ops::fusion::{check_dtype, check_shape, FusionDims, TensorInfo};
+use crate::ops::fusion::{check_dtype, check_shape, FusionDims};
+use crate::TensorInfo;
 use crate::tensor::element_count;
 use crate::{DType, Error, Result, Tensor};
 

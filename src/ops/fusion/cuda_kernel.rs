@@ -6,13 +6,12 @@
 
 use super::launch::{self, Launch};
 use super::{check_backward, check_forward, check_outputs, FusionDims, Grads};
-use crate::cuda::{driver_error, CudaDevice, CudaStorage, CudaTensor};
+use crate::cuda::launch::{check_bf16, Slices};
+use crate::cuda::{driver_error, CudaDevice, CudaElement, CudaTensor};
 use crate::dtype::with_dtype;
 use crate::kernel_params::A3dFusionParams;
-use crate::{DType, Element, Error, Result};
-use cudarc::driver::{
-    CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
-};
+use crate::{Error, Result};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 // SAFETY: A3dFusionParams is `#[repr(C)]` plain data (five u64), laid out exactly as the C
 // struct the kernels take by value (bindgen's layout assertions check it).
@@ -25,23 +24,6 @@ pub struct CudaGradients {
     pub dx: Option<CudaTensor>,
     /// `dw`, `[D, D, C]`.
     pub dw: Option<CudaTensor>,
-}
-
-/// Element types with device kernels.
-pub trait CudaElement: Element + DeviceRepr + ValidAsZeroBits {}
-impl CudaElement for f32 {}
-impl CudaElement for half::f16 {}
-impl CudaElement for half::bf16 {}
-
-fn check_bf16(device: &CudaDevice, dtype: DType) -> Result<()> {
-    if dtype == DType::BF16 && !device.supports_bf16() {
-        let (major, minor) = device.compute_capability();
-        return Err(Error::Unavailable(format!(
-            "bf16 kernels need compute capability 8.0 or newer; {} is {major}.{minor}",
-            device.name()
-        )));
-    }
-    Ok(())
 }
 
 fn config(l: &Launch) -> LaunchConfig {
@@ -161,44 +143,6 @@ fn check_lengths(dims: &FusionDims, big: &[usize], small: usize) -> Result<()> {
                 dims.len()
             ),
         })
-    }
-}
-
-/// Typed access to a tensor's device memory.
-trait Slices {
-    fn view<T: CudaElement>(&self) -> Result<CudaView<'_, T>>;
-    fn view_mut<T: CudaElement>(&mut self) -> Result<CudaViewMut<'_, T>>;
-}
-
-impl Slices for CudaTensor {
-    fn view<T: CudaElement>(&self) -> Result<CudaView<'_, T>> {
-        let wrong = || Error::WrongElementType {
-            actual: self.dtype(),
-            requested: T::DTYPE,
-        };
-        let any: &dyn std::any::Any = match self.storage() {
-            CudaStorage::F32(s) => s,
-            CudaStorage::F16(s) => s,
-            CudaStorage::BF16(s) => s,
-        };
-        any.downcast_ref::<cudarc::driver::CudaSlice<T>>()
-            .map(|s| s.as_view())
-            .ok_or_else(wrong)
-    }
-
-    fn view_mut<T: CudaElement>(&mut self) -> Result<CudaViewMut<'_, T>> {
-        let actual = self.dtype();
-        let any: &mut dyn std::any::Any = match self.storage_mut() {
-            CudaStorage::F32(s) => s,
-            CudaStorage::F16(s) => s,
-            CudaStorage::BF16(s) => s,
-        };
-        any.downcast_mut::<cudarc::driver::CudaSlice<T>>()
-            .map(|s| s.as_view_mut())
-            .ok_or(Error::WrongElementType {
-                actual,
-                requested: T::DTYPE,
-            })
     }
 }
 

@@ -24,6 +24,8 @@ pub(crate) mod launch;
 pub mod reference;
 
 use crate::dtype::with_dtype;
+pub(crate) use crate::ops::common::{check_dtype, check_shape};
+use crate::TensorInfo;
 use crate::tensor::element_count;
 use crate::{DType, Error, Result, Tensor};
 
@@ -47,9 +49,14 @@ pub struct FusionDims {
 impl FusionDims {
     /// Checks that `x_shape` is `[B, C, D, H, W]` with a countable number of elements.
     pub fn from_input_shape(x_shape: &[usize]) -> Result<FusionDims> {
+        Self::from_input_shape_of("x", x_shape)
+    }
+
+    /// [`FusionDims::from_input_shape`] for an argument named `arg` (errors name it).
+    pub(crate) fn from_input_shape_of(arg: &'static str, x_shape: &[usize]) -> Result<FusionDims> {
         let &[batch, channels, depth, height, width] = x_shape else {
             return Err(Error::Rank {
-                arg: "x",
+                arg,
                 expected: 5,
                 layout: "[B, C, D, H, W]",
                 got: x_shape.to_vec(),
@@ -119,28 +126,6 @@ impl FusionDims {
     }
 }
 
-/// `Error::Shape` unless `got == expected` (shared by the operators' argument checks).
-pub(crate) fn check_shape(arg: &'static str, expected: &[usize], got: &[usize]) -> Result<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(Error::Shape {
-            arg,
-            expected: expected.to_vec(),
-            got: got.to_vec(),
-        })
-    }
-}
-
-/// `Error::DTypeMismatch` unless `got == expected` (shared by the operators' argument checks).
-pub(crate) fn check_dtype(arg: &'static str, expected: DType, got: DType) -> Result<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(Error::DTypeMismatch { arg, expected, got })
-    }
-}
-
 /// Which gradients [`backward`] computes. A caller that needs one does not pay for the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grads {
@@ -177,25 +162,8 @@ pub struct Gradients {
     pub dw: Option<Tensor>,
 }
 
-/// Shape and dtype of a tensor, host or device: what argument validation looks at.
-pub trait TensorInfo {
-    /// The dimensions.
-    fn shape(&self) -> &[usize];
-    /// The storage dtype.
-    fn dtype(&self) -> DType;
-}
-
-impl TensorInfo for Tensor {
-    fn shape(&self) -> &[usize] {
-        Tensor::shape(self)
-    }
-    fn dtype(&self) -> DType {
-        Tensor::dtype(self)
-    }
-}
-
 /// Validates `x` and `w` and returns the problem's sizes.
-pub fn check_forward<T: TensorInfo>(x: &T, w: &T) -> Result<FusionDims> {
+pub(crate) fn check_forward<T: TensorInfo>(x: &T, w: &T) -> Result<FusionDims> {
     let dims = FusionDims::from_input_shape(x.shape())?;
     dims.check_weight_shape("w", w.shape())?;
     check_dtype("w", x.dtype(), w.dtype())?;
@@ -203,7 +171,7 @@ pub fn check_forward<T: TensorInfo>(x: &T, w: &T) -> Result<FusionDims> {
 }
 
 /// Validates `x`, `w` and `dy` and returns the problem's sizes.
-pub fn check_backward<T: TensorInfo>(x: &T, w: &T, dy: &T) -> Result<FusionDims> {
+pub(crate) fn check_backward<T: TensorInfo>(x: &T, w: &T, dy: &T) -> Result<FusionDims> {
     let dims = check_forward(x, w)?;
     dims.check_input_like("dy", dy.shape())?;
     check_dtype("dy", x.dtype(), dy.dtype())?;
@@ -212,7 +180,7 @@ pub fn check_backward<T: TensorInfo>(x: &T, w: &T, dy: &T) -> Result<FusionDims>
 
 /// Validates the outputs a caller supplies: `y` or `dx` with `x`'s shape, `dw` with `w`'s;
 /// all with `x`'s dtype.
-pub fn check_outputs<T: TensorInfo>(
+pub(crate) fn check_outputs<T: TensorInfo>(
     dims: &FusionDims,
     dtype: DType,
     input_like: &[(&'static str, Option<&T>)],

@@ -1,0 +1,118 @@
+//! The CUDA backend: each op's kernels on a GPU, with host tensors uploaded and results
+//! downloaded (the selftest and the tests use it; a program keeping data on the device calls
+//! the ops' device functions, e.g. `a3d::fusion::cuda`, directly).
+
+use super::{DepthConvBackend, FusionBackend, ShiftBackend};
+use crate::cuda::CudaTensor;
+use crate::fusion::{self, FusionDims, Gradients, Grads};
+use crate::shift::Shift;
+use crate::{depthconv, Result, Tensor};
+
+/// The CUDA kernels on a GPU (feature `cuda`). Outputs are NaN-poisoned before each launch.
+#[derive(Debug, Clone)]
+pub struct Cuda {
+    /// The device to run on.
+    pub device: crate::cuda::CudaDevice,
+}
+
+impl FusionBackend for Cuda {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.device.ordinal())
+    }
+
+    fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let dev = &self.device;
+        let (xd, wd) = (CudaTensor::upload(x, dev)?, CudaTensor::upload(w, dev)?);
+        let mut y = CudaTensor::full(x.shape(), f32::NAN, x.dtype(), dev)?;
+        fusion::cuda::forward_into(&xd, &wd, &mut y)?;
+        y.download()
+    }
+
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients> {
+        let dev = &self.device;
+        let (xd, wd, dyd) = (
+            CudaTensor::upload(x, dev)?,
+            CudaTensor::upload(w, dev)?,
+            CudaTensor::upload(dy, dev)?,
+        );
+        let dims = FusionDims::from_input_shape(x.shape())?;
+        let poisoned = |wanted: bool, shape: &[usize]| {
+            wanted
+                .then(|| CudaTensor::full(shape, f32::NAN, x.dtype(), dev))
+                .transpose()
+        };
+        let mut dx = poisoned(grads.input, x.shape())?;
+        let mut dw = poisoned(grads.weight, &dims.weight_shape())?;
+        fusion::cuda::backward_into(&xd, &wd, &dyd, dx.as_mut(), dw.as_mut())?;
+        Ok(Gradients {
+            dx: dx.map(|t| t.download()).transpose()?,
+            dw: dw.map(|t| t.download()).transpose()?,
+        })
+    }
+}
+
+
+impl ShiftBackend for Cuda {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.device.ordinal())
+    }
+
+    fn shift_forward(&self, shift: &Shift, x: &Tensor) -> Result<Tensor> {
+        self.shift(shift, x, false)
+    }
+
+    fn shift_backward(&self, shift: &Shift, dy: &Tensor) -> Result<Tensor> {
+        self.shift(shift, dy, true)
+    }
+}
+
+impl Cuda {
+    fn shift(&self, shift: &Shift, input: &Tensor, backward: bool) -> Result<Tensor> {
+        let dev = &self.device;
+        let xd = CudaTensor::upload(input, dev)?;
+        let mut out = CudaTensor::full(input.shape(), f32::NAN, input.dtype(), dev)?;
+        crate::shift::cuda_kernel::run_into(shift, backward, &xd, &mut out)?;
+        out.download()
+    }
+}
+
+impl DepthConvBackend for Cuda {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.device.ordinal())
+    }
+
+    fn depthconv_forward(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let dev = &self.device;
+        let (xd, vd) = (CudaTensor::upload(x, dev)?, CudaTensor::upload(v, dev)?);
+        let mut y = CudaTensor::full(x.shape(), f32::NAN, x.dtype(), dev)?;
+        depthconv::cuda_kernel::forward_into(&xd, &vd, &mut y)?;
+        y.download()
+    }
+
+    fn depthconv_backward(
+        &self,
+        x: &Tensor,
+        v: &Tensor,
+        dy: &Tensor,
+        grads: Grads,
+    ) -> Result<Gradients> {
+        let dev = &self.device;
+        let (xd, vd, dyd) = (
+            CudaTensor::upload(x, dev)?,
+            CudaTensor::upload(v, dev)?,
+            CudaTensor::upload(dy, dev)?,
+        );
+        let poisoned = |wanted: bool, shape: &[usize]| {
+            wanted
+                .then(|| CudaTensor::full(shape, f32::NAN, x.dtype(), dev))
+                .transpose()
+        };
+        let mut dx = poisoned(grads.input, x.shape())?;
+        let mut dv = poisoned(grads.weight, v.shape())?;
+        depthconv::cuda_kernel::backward_into(&xd, &vd, &dyd, dx.as_mut(), dv.as_mut())?;
+        Ok(Gradients {
+            dx: dx.map(|t| t.download()).transpose()?,
+            dw: dv.map(|t| t.download()).transpose()?,
+        })
+    }
+}

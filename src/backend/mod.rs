@@ -1,0 +1,137 @@
+//! Where the ops run: one trait per op family, implemented by every backend (the CPU always;
+//! CUDA with feature `cuda`; the host emulation of the CUDA kernels with feature `emulation`).
+//! Tests, `a3d selftest` and the benchmarks loop over the backends present, so every backend is
+//! measured against the same float64 references.
+//!
+//! Every backend fills its outputs with NaN before the kernels run, so an element a kernel
+//! forgets to write shows up as an error instead of a plausible zero.
+
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(feature = "emulation")]
+pub(crate) mod emulated;
+
+#[cfg(feature = "cuda")]
+pub use cuda::Cuda;
+#[cfg(feature = "emulation")]
+pub use emulated::Emulated;
+
+use crate::fusion::{self, FusionDims, Gradients, Grads};
+use crate::shift::Shift;
+use crate::{depthconv, Result, Tensor};
+
+/// A3D fusion on a backend.
+pub trait FusionBackend {
+    /// Short name printed in reports (`cpu`, `cuda:0`, `emulated:2sm`).
+    fn name(&self) -> String;
+    /// `y = fuse(x, w)`.
+    fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor>;
+    /// The requested gradients (`dw` is `[D, D, C]`).
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients>;
+}
+
+/// TSM and AlignShift on a backend.
+pub trait ShiftBackend {
+    /// Short name printed in reports.
+    fn name(&self) -> String;
+    /// `y = shift(x)`.
+    fn shift_forward(&self, shift: &Shift, x: &Tensor) -> Result<Tensor>;
+    /// `dx = shift^T(dy)`.
+    fn shift_backward(&self, shift: &Shift, dy: &Tensor) -> Result<Tensor>;
+}
+
+/// The symmetric depth convolution on a backend.
+pub trait DepthConvBackend {
+    /// Short name printed in reports.
+    fn name(&self) -> String;
+    /// `y = depth_conv(x, v)`, `v` `[K, C]`.
+    fn depthconv_forward(&self, x: &Tensor, v: &Tensor) -> Result<Tensor>;
+    /// The requested gradients (`dw` is `dv`, `[K, C]`).
+    fn depthconv_backward(
+        &self,
+        x: &Tensor,
+        v: &Tensor,
+        dy: &Tensor,
+        grads: Grads,
+    ) -> Result<Gradients>;
+}
+
+/// The CPU kernels.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu;
+
+/// A NaN-filled tensor of `shape` when `wanted`.
+fn poisoned(wanted: bool, shape: &[usize], like: &Tensor) -> Result<Option<Tensor>> {
+    wanted
+        .then(|| Tensor::full(shape, f32::NAN, like.dtype()))
+        .transpose()
+}
+
+impl FusionBackend for Cpu {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        fusion::check_forward(x, w)?;
+        let mut y = Tensor::full(x.shape(), f32::NAN, x.dtype())?;
+        fusion::forward_into(x, w, &mut y)?;
+        Ok(y)
+    }
+
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients> {
+        // Validated first: the gradient shapes below are read off x's shape.
+        let dims: FusionDims = fusion::check_backward(x, w, dy)?;
+        let mut dx = poisoned(grads.input, x.shape(), x)?;
+        let mut dw = poisoned(grads.weight, &dims.weight_shape(), x)?;
+        fusion::backward_into(x, w, dy, dx.as_mut(), dw.as_mut())?;
+        Ok(Gradients { dx, dw })
+    }
+}
+
+impl ShiftBackend for Cpu {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn shift_forward(&self, shift: &Shift, x: &Tensor) -> Result<Tensor> {
+        shift.plan("x", x)?;
+        let mut y = Tensor::full(x.shape(), f32::NAN, x.dtype())?;
+        shift.forward_into(x, &mut y)?;
+        Ok(y)
+    }
+
+    fn shift_backward(&self, shift: &Shift, dy: &Tensor) -> Result<Tensor> {
+        shift.plan("dy", dy)?;
+        let mut dx = Tensor::full(dy.shape(), f32::NAN, dy.dtype())?;
+        shift.backward_into(dy, &mut dx)?;
+        Ok(dx)
+    }
+}
+
+impl DepthConvBackend for Cpu {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn depthconv_forward(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        depthconv::check_forward(x, v)?;
+        let mut y = Tensor::full(x.shape(), f32::NAN, x.dtype())?;
+        depthconv::forward_into(x, v, &mut y)?;
+        Ok(y)
+    }
+
+    fn depthconv_backward(
+        &self,
+        x: &Tensor,
+        v: &Tensor,
+        dy: &Tensor,
+        grads: Grads,
+    ) -> Result<Gradients> {
+        depthconv::check_backward(x, v, dy)?;
+        let mut dx = poisoned(grads.input, x.shape(), x)?;
+        let mut dw = poisoned(grads.weight, v.shape(), x)?;
+        depthconv::backward_into(x, v, dy, dx.as_mut(), dw.as_mut())?;
+        Ok(Gradients { dx, dw })
+    }
+}

@@ -1,0 +1,91 @@
+//! What the op tests share: the backends present in this build (the CPU, the host emulation of
+//! the CUDA kernels in several pretend-device settings, and a real GPU when one is there), and
+//! random tensors.
+#![allow(dead_code)]
+
+use a3d::backend::{Cpu, DepthConvBackend, ShiftBackend};
+use a3d::rng::SplitMix64;
+use a3d::{DType, Tensor};
+
+/// The emulation settings every op is tested under: a small GPU, the scalar (misaligned) path
+/// with blocks looping over channels or rows, a large GPU with the threads of each block run
+/// last-first (exposes missing barriers).
+#[cfg(feature = "emulation")]
+pub fn emulations() -> Vec<a3d::backend::Emulated> {
+    use a3d::backend::Emulated;
+    vec![
+        Emulated::default(),
+        Emulated {
+            sm_count: 3,
+            misaligned: true,
+            reverse_threads: false,
+            max_grid_y: 2,
+        },
+        Emulated {
+            sm_count: 132,
+            misaligned: false,
+            reverse_threads: true,
+            max_grid_y: 65535,
+        },
+    ]
+}
+
+#[cfg(feature = "cuda")]
+fn gpu() -> Option<a3d::backend::Cuda> {
+    match a3d::cuda::CudaDevice::open(0) {
+        Ok(device) => Some(a3d::backend::Cuda { device }),
+        Err(e) => {
+            eprintln!("skipped cuda: {e}");
+            None
+        }
+    }
+}
+
+/// Every shift backend of this build.
+pub fn shift_backends() -> Vec<Box<dyn ShiftBackend>> {
+    let mut out: Vec<Box<dyn ShiftBackend>> = vec![Box::new(Cpu)];
+    #[cfg(feature = "emulation")]
+    out.extend(
+        emulations()
+            .into_iter()
+            .map(|e| Box::new(e) as Box<dyn ShiftBackend>),
+    );
+    #[cfg(feature = "cuda")]
+    out.extend(gpu().map(|g| Box::new(g) as Box<dyn ShiftBackend>));
+    out
+}
+
+/// Every depth-convolution backend of this build.
+pub fn depthconv_backends() -> Vec<Box<dyn DepthConvBackend>> {
+    let mut out: Vec<Box<dyn DepthConvBackend>> = vec![Box::new(Cpu)];
+    #[cfg(feature = "emulation")]
+    out.extend(
+        emulations()
+            .into_iter()
+            .map(|e| Box::new(e) as Box<dyn DepthConvBackend>),
+    );
+    #[cfg(feature = "cuda")]
+    out.extend(gpu().map(|g| Box::new(g) as Box<dyn DepthConvBackend>));
+    out
+}
+
+/// Whether a backend name is the CPU (which takes any size, where kernels have limits).
+pub fn is_cpu(name: &str) -> bool {
+    name == "cpu"
+}
+
+/// U(-1, 1) values of `shape` stored as `dtype`.
+pub fn random(shape: &[usize], dtype: DType, rng: &mut SplitMix64) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_f32(&rng.vec_f32(n, -1.0, 1.0), shape, dtype).unwrap()
+}
+
+/// Relative norm error `|got - want| / |want|` (absolute when `want` is zero); infinite on NaN.
+pub fn relative_error(got: &[f64], want: &[f64]) -> f64 {
+    a3d::fusion::reference::relative_error(got, want)
+}
+
+/// Error bound by dtype against float64 (shared/docs/operator.md).
+pub fn tolerance(dtype: DType) -> f64 {
+    a3d::selftest::tolerance(dtype)
+}
