@@ -4,7 +4,7 @@
 //! runs on the CPU only (on a GPU, A3DConv is candle's convolution after a3d's fusion).
 
 use crate::a3dconv::{self, A3dConv, Conv2dParams};
-use crate::backend::FusionBackend;
+use crate::backend::{DepthConvBackend, FusionBackend, ShiftBackend};
 use crate::fusion::{self, reference, FusionDims, Gradients, Grads};
 use crate::rng::SplitMix64;
 use crate::{DType, Result, Tensor};
@@ -23,6 +23,8 @@ pub fn tolerance(dtype: DType) -> f64 {
 pub struct Check {
     /// Backend name.
     pub backend: String,
+    /// `fusion`, `tsm`, `alignshift` or `depthconv`.
+    pub op: &'static str,
     /// `forward`, `grad_input` or `grad_weight`.
     pub pass: &'static str,
     /// Storage dtype.
@@ -49,9 +51,10 @@ impl std::fmt::Display for Check {
         let [b, c, d, h, w] = self.shape;
         write!(
             f,
-            "{:<4} {:<8} fusion {:<11} {:<4} [{b},{c},{d},{h},{w}]  error {:.2e}  tolerance {:.1e}",
+            "{:<4} {:<8} {:<10} {:<11} {:<4} [{b},{c},{d},{h},{w}]  error {:.2e}  tolerance {:.1e}",
             if self.passed() { "ok" } else { "FAIL" },
             self.backend,
+            self.op,
             self.pass,
             self.dtype,
             self.error,
@@ -106,6 +109,7 @@ fn check_shape(
         };
         Check {
             backend: backend.name(),
+            op: "fusion",
             pass,
             dtype,
             shape,
@@ -148,6 +152,132 @@ fn check_shape(
         check("grad_input", dx, &reference::grad_input(&dims, &wf, &dyf)),
         check("grad_weight", dw, &reference::grad_weight(&dims, &xf, &dyf)),
     ]
+}
+
+/// A measured pass of a symmetric operator: the backend's result against float64.
+fn measured(
+    backend: String,
+    op: &'static str,
+    pass: &'static str,
+    dtype: DType,
+    shape: [usize; 5],
+    result: Result<Tensor>,
+    want: &[f64],
+) -> Check {
+    let (error, failure) = match result {
+        Ok(got) => (reference::relative_error(&got.to_f64_vec(), want), None),
+        Err(e) => (f64::INFINITY, Some(e.to_string())),
+    };
+    Check {
+        backend,
+        op,
+        pass,
+        dtype,
+        shape,
+        error,
+        // TSM moves values: exact.
+        tolerance: if op == "tsm" { 0.0 } else { tolerance(dtype) },
+        failure,
+    }
+}
+
+/// The shapes of [`SHAPES`] with H and W perturbed by the seed (odd, close to the listed ones).
+fn perturbed_shapes(rng: &mut SplitMix64) -> Vec<[usize; 5]> {
+    SHAPES
+        .iter()
+        .map(|&base| {
+            let mut shape = base;
+            shape[3] += 2 * rng.below(2) as usize;
+            shape[4] += 2 * rng.below(2) as usize;
+            shape
+        })
+        .collect()
+}
+
+/// TSM (fold_div 2 or the channel count, whichever is smaller) and AlignShift (a thick and a
+/// thin sample, `padding_zero` on) forward and backward, every dtype, every shape of [`SHAPES`].
+pub fn run_shift(backend: &dyn ShiftBackend, seed: u64) -> Vec<Check> {
+    use crate::shift::reference::ShiftProblem;
+    use crate::shift::Shift;
+    let mut rng = SplitMix64::new(seed);
+    let mut checks = Vec::new();
+    for shape in perturbed_shapes(&mut rng) {
+        let fold_div = shape[1].min(2);
+        let thickness: Vec<f32> = (0..shape[0]).map(|b| [5.0, 1.0, 3.0][b % 3]).collect();
+        let th64: Vec<f64> = thickness.iter().map(|&t| t as f64).collect();
+        let cases = [
+            ("tsm", Shift::tsm(fold_div), ShiftProblem::tsm(shape, fold_div)),
+            (
+                "alignshift",
+                Shift::align_shift(&thickness, 2.0, true, fold_div),
+                ShiftProblem::align_shift(shape, fold_div, &th64, 2.0, true),
+            ),
+        ];
+        for (op, shift, problem) in cases {
+            for dtype in DType::ALL {
+                let n: usize = shape.iter().product();
+                let x = Tensor::from_f32(&rng.vec_f32(n, -1.0, 1.0), &shape, dtype);
+                let dy = Tensor::from_f32(&rng.vec_f32(n, -1.0, 1.0), &shape, dtype);
+                let (shift, x, dy) = match (&shift, x, dy) {
+                    (Ok(s), Ok(x), Ok(dy)) => (s, x, dy),
+                    (s, x, dy) => {
+                        let e = s.clone().err().or(x.err()).or(dy.err());
+                        let e = e.unwrap_or(crate::Error::Unavailable("setup".into()));
+                        checks.push(measured(backend.name(), op, "setup", dtype, shape, Err(e), &[]));
+                        continue;
+                    }
+                };
+                let y = backend.shift_forward(shift, &x);
+                checks.push(measured(backend.name(), op, "forward", dtype, shape, y, &problem.forward(&x.to_f64_vec())));
+                let dx = backend.shift_backward(shift, &dy);
+                checks.push(measured(backend.name(), op, "grad_input", dtype, shape, dx, &problem.backward(&dy.to_f64_vec())));
+            }
+        }
+    }
+    checks
+}
+
+/// The depth convolution with K = 3 (and K = 5 where D >= 3), forward and both gradients,
+/// every dtype, every shape of [`SHAPES`].
+pub fn run_depthconv(backend: &dyn DepthConvBackend, seed: u64) -> Vec<Check> {
+    use crate::depthconv::{self, reference as dref, DepthConvDims};
+    let mut rng = SplitMix64::new(seed);
+    let mut checks = Vec::new();
+    for shape in perturbed_shapes(&mut rng) {
+        let taps_list: &[usize] = if shape[2] >= 3 { &[3, 5] } else { &[3] };
+        for &taps in taps_list {
+            for dtype in DType::ALL {
+                let setup = (|| -> Result<(DepthConvDims, Tensor, Tensor, Tensor)> {
+                    let input = FusionDims::from_input_shape(&shape)?;
+                    let x = Tensor::from_f32(&rng.vec_f32(input.len(), -1.0, 1.0), &shape, dtype)?;
+                    let v = depthconv::init_weights(taps, shape[1], rng.next_u64())?.to_dtype(dtype);
+                    let dy = Tensor::from_f32(&rng.vec_f32(input.len(), -1.0, 1.0), &shape, dtype)?;
+                    Ok((DepthConvDims { input, taps }, x, v, dy))
+                })();
+                let (dims, x, v, dy) = match setup {
+                    Ok(s) => s,
+                    Err(e) => {
+                        checks.push(measured(backend.name(), "depthconv", "setup", dtype, shape, Err(e), &[]));
+                        continue;
+                    }
+                };
+                let (xf, vf, dyf) = (x.to_f64_vec(), v.to_f64_vec(), dy.to_f64_vec());
+                let y = backend.depthconv_forward(&x, &v);
+                checks.push(measured(backend.name(), "depthconv", "forward", dtype, shape, y, &dref::forward(&dims, &xf, &vf)));
+                let (dx, dv) = match backend.depthconv_backward(&x, &v, &dy, Grads::BOTH) {
+                    Ok(Gradients { dx: Some(dx), dw: Some(dv) }) => (Ok(dx), Ok(dv)),
+                    Ok(_) => {
+                        let missing = crate::Error::Unavailable("backward returned no gradient".into());
+                        (Err(missing.clone()), Err(missing))
+                    }
+                    Err(e) => (Err(e.clone()), Err(e)),
+                };
+                checks.push(measured(backend.name(), "depthconv", "grad_input", dtype, shape, dx, &dref::grad_input(&dims, &vf, &dyf)));
+                checks.push(measured(backend.name(), "depthconv", "grad_weight", dtype, shape, dv, &dref::grad_weight(&dims, &xf, &dyf)));
+            }
+        }
+    }
+    checks
 }
 
 /// One A3DConv layer of the self-test: input shape, convolution and which parameters it has.

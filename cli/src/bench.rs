@@ -165,11 +165,19 @@ pub struct Copy {
 }
 
 impl Copy {
-    pub fn new(bytes: usize) -> Copy {
-        Copy {
-            src: (0..bytes).map(|i| (i * 31 % 251) as u8).collect(),
-            dst: vec![0u8; bytes],
-        }
+    /// Two buffers of `bytes`; a size this machine cannot hold is an error, not an abort.
+    pub fn try_new(bytes: usize) -> Result<Copy, String> {
+        let alloc = |what: &str| -> Result<Vec<u8>, String> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(bytes).map_err(|_| {
+                format!("cannot allocate the {bytes}-byte {what} buffer of the copy baseline")
+            })?;
+            Ok(v)
+        };
+        let (mut src, mut dst) = (alloc("source")?, alloc("destination")?);
+        src.extend((0..bytes).map(|i| (i * 31 % 251) as u8));
+        dst.resize(bytes, 0);
+        Ok(Copy { src, dst })
     }
 
     pub fn run(&mut self) {
@@ -186,10 +194,8 @@ impl Copy {
 pub fn fusion_cpu(shape: [usize; 5], dtype: DType, runs: usize) -> Result<Vec<Row>, String> {
     let dims = FusionDims::from_input_shape(&shape).map_err(|e| e.to_string())?;
     let mut rng = a3d::rng::SplitMix64::new(0x5eed);
-    let x = Tensor::from_f32(&rng.vec_f32(dims.len(), -1.0, 1.0), &shape, dtype)
-        .map_err(|e| e.to_string())?;
-    let dy = Tensor::from_f32(&rng.vec_f32(dims.len(), -1.0, 1.0), &shape, dtype)
-        .map_err(|e| e.to_string())?;
+    let x = crate::bench_context::random_tensor(&dims.input_shape(), dtype, &mut rng)?;
+    let dy = crate::bench_context::random_tensor(&dims.input_shape(), dtype, &mut rng)?;
     let w = fusion::init_weights(shape[2], shape[1], 7)
         .map_err(|e| e.to_string())?
         .to_dtype(dtype);
@@ -198,7 +204,7 @@ pub fn fusion_cpu(shape: [usize; 5], dtype: DType, runs: usize) -> Result<Vec<Ro
     let mut dw = Tensor::zeros(w.shape(), dtype).map_err(|e| e.to_string())?;
 
     let x_bytes = x.size_in_bytes();
-    let mut copy = Copy::new(x_bytes);
+    let mut copy = Copy::try_new(x_bytes)?;
     // Arguments were built valid above; check once so the timed calls cannot fail.
     fusion::forward_into(&x, &w, &mut y).map_err(|e| e.to_string())?;
     fusion::backward_into(&x, &w, &dy, Some(&mut dx), Some(&mut dw)).map_err(|e| e.to_string())?;

@@ -95,8 +95,7 @@ pub fn a3dconv_cpu(
     let [_, c, d, _, _] = shape;
     let (o, k) = (layer.out_channels, layer.kernel);
     let mut rng = a3d::rng::SplitMix64::new(0x5eed);
-    let x_len = shape.iter().product::<usize>();
-    let x = Tensor::from_f32(&rng.vec_f32(x_len, -1.0, 1.0), &shape, dtype).map_err(s)?;
+    let x = crate::bench_context::random_tensor(&shape, dtype, &mut rng)?;
     let fw = fusion::init_weights(d, c, 7).map_err(s)?.to_dtype(dtype);
     // PyTorch's default init range for the weight and bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     let bound = 1.0 / ((c * k * k).max(1) as f32).sqrt();
@@ -119,12 +118,7 @@ pub fn a3dconv_cpu(
     };
     let dims = conv.dims(&x).map_err(s)?;
     let out_shape = dims.output_shape();
-    let dy = Tensor::from_f32(
-        &rng.vec_f32(out_shape.iter().product(), -1.0, 1.0),
-        &out_shape,
-        dtype,
-    )
-    .map_err(s)?;
+    let dy = crate::bench_context::random_tensor(&out_shape, dtype, &mut rng)?;
     // Arguments were built valid above; run once so the timed calls cannot fail.
     conv.forward(&x).map_err(s)?;
     conv.backward(&x, &dy, Grads::ALL).map_err(s)?;
@@ -134,7 +128,7 @@ pub fn a3dconv_cpu(
     let y_bytes = out_shape.iter().product::<usize>() * size;
     let param_bytes = (cw.len() + if layer.fusion { fw.len() } else { 0 }) * size
         + if layer.bias { o * size } else { 0 };
-    let mut copy = Copy::new(x_bytes);
+    let mut copy = Copy::try_new(x_bytes)?;
     let mut run_copy = || copy.run();
     let mut run_forward = || {
         std::hint::black_box(conv.forward(&x).ok());

@@ -9,6 +9,7 @@
 
 mod bench;
 mod bench_a3dconv;
+mod bench_context;
 
 /// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
 macro_rules! say {
@@ -21,7 +22,7 @@ macro_rules! say {
 }
 pub(crate) use say;
 
-use a3d::backend::FusionBackend;
+use a3d::backend::OpBackend;
 use a3d::selftest;
 use a3d::DType;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -137,6 +138,14 @@ enum BenchOp {
     /// A3DConv (fusion + per-slice KxK conv), CPU: forward and backward (all four gradients).
     #[value(name = "a3dconv")]
     A3dconv,
+    /// TSM shift (fold_div 8): forward and backward.
+    Tsm,
+    /// AlignShift (fold_div 8, 5 mm slices): forward and backward.
+    #[value(name = "alignshift")]
+    AlignShift,
+    /// Symmetric depth convolution (K = 3): forward and backward (dx + dv).
+    #[value(name = "depthconv")]
+    DepthConv,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -201,6 +210,12 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
             run_fusion_bench(args, &dtypes, &pool)
         }
         BenchOp::A3dconv => run_a3dconv_bench(args, &dtypes, &pool),
+        BenchOp::Tsm | BenchOp::AlignShift | BenchOp::DepthConv => {
+            if let Some(flag) = args.conv.any_given() {
+                return Err(format!("{flag} applies to `a3d bench a3dconv` only"));
+            }
+            run_fusion_bench(args, &dtypes, &pool)
+        }
     }
 }
 
@@ -224,10 +239,29 @@ fn run_fusion_bench(
     }
     for shape in &shapes {
         for &dtype in dtypes {
-            let rows = match &device {
-                BenchDevice::Cpu => pool.install(|| bench::fusion_cpu(*shape, dtype, args.runs))?,
+            let context = match args.op {
+                BenchOp::Tsm => Some(bench_context::ContextOp::Tsm),
+                BenchOp::AlignShift => Some(bench_context::ContextOp::AlignShift),
+                BenchOp::DepthConv => Some(bench_context::ContextOp::DepthConv),
+                BenchOp::Fusion | BenchOp::A3dconv => None,
+            };
+            let rows = match (&device, context) {
+                (BenchDevice::Cpu, Some(op)) => {
+                    pool.install(|| bench_context::context_cpu(op, *shape, dtype, args.runs))?
+                }
+                (BenchDevice::Cpu, None) => {
+                    pool.install(|| bench::fusion_cpu(*shape, dtype, args.runs))?
+                }
                 #[cfg(feature = "cuda")]
-                BenchDevice::Cuda(dev) => bench::fusion_cuda(dev, *shape, dtype, args.runs)?,
+                (BenchDevice::Cuda(_), Some(_)) => {
+                    return Err("`--device cuda` times fusion only; the symmetric operators' \
+                                kernels run on GPUs (tests, selftest) but have no GPU timing yet"
+                        .into())
+                }
+                #[cfg(feature = "cuda")]
+                (BenchDevice::Cuda(dev), None) => {
+                    bench::fusion_cuda(dev, *shape, dtype, args.runs)?
+                }
             };
             for row in rows {
                 if args.json {
@@ -318,8 +352,8 @@ fn cuda_bench_device() -> Result<BenchDevice, String> {
 }
 
 /// The backends `device` names; a requested backend that is missing is an `Err` line.
-fn backends(device: DeviceArg) -> Vec<Result<Box<dyn FusionBackend>, String>> {
-    let mut out: Vec<Result<Box<dyn FusionBackend>, String>> = Vec::new();
+fn backends(device: DeviceArg) -> Vec<Result<Box<dyn OpBackend>, String>> {
+    let mut out: Vec<Result<Box<dyn OpBackend>, String>> = Vec::new();
     let all = device == DeviceArg::All;
     if all || device == DeviceArg::Cpu {
         out.push(Ok(Box::new(a3d::backend::Cpu)));
@@ -349,7 +383,7 @@ fn backends(device: DeviceArg) -> Vec<Result<Box<dyn FusionBackend>, String>> {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_backends() -> Vec<Result<Box<dyn FusionBackend>, String>> {
+fn cuda_backends() -> Vec<Result<Box<dyn OpBackend>, String>> {
     let count = match a3d::cuda::device_count() {
         Ok(0) => return vec![Err("cuda: unavailable (no CUDA device)".into())],
         Ok(n) => n,
@@ -358,14 +392,14 @@ fn cuda_backends() -> Vec<Result<Box<dyn FusionBackend>, String>> {
     (0..count)
         .map(|i| {
             a3d::cuda::CudaDevice::open(i)
-                .map(|device| Box::new(a3d::backend::Cuda { device }) as Box<dyn FusionBackend>)
+                .map(|device| Box::new(a3d::backend::Cuda { device }) as Box<dyn OpBackend>)
                 .map_err(|e| format!("cuda:{i}: unavailable ({e})"))
         })
         .collect()
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_backends() -> Vec<Result<Box<dyn FusionBackend>, String>> {
+fn cuda_backends() -> Vec<Result<Box<dyn OpBackend>, String>> {
     vec![Err(
         "cuda: unavailable (not built; rebuild with `--features cuda`)".into(),
     )]
@@ -392,7 +426,11 @@ fn run_selftest(device: DeviceArg, seed: Option<u64>) -> ExitCode {
                 continue;
             }
         };
-        for check in selftest::run_fusion(backend.as_ref(), seed) {
+        let checks = selftest::run_fusion(backend.as_ref(), seed)
+            .into_iter()
+            .chain(selftest::run_shift(backend.as_ref(), seed))
+            .chain(selftest::run_depthconv(backend.as_ref(), seed));
+        for check in checks {
             say!("{check}");
             if check.passed() {
                 passed += 1;

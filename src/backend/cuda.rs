@@ -2,7 +2,7 @@
 //! downloaded (the selftest and the tests use it; a program keeping data on the device calls
 //! the ops' device functions, e.g. `a3d::fusion::cuda`, directly).
 
-use super::{DepthConvBackend, FusionBackend, ShiftBackend};
+use super::{Backend, DepthConvBackend, FusionBackend, ShiftBackend};
 use crate::cuda::CudaTensor;
 use crate::fusion::{self, FusionDims, Gradients, Grads};
 use crate::shift::Shift;
@@ -15,11 +15,13 @@ pub struct Cuda {
     pub device: crate::cuda::CudaDevice,
 }
 
-impl FusionBackend for Cuda {
+impl Backend for Cuda {
     fn name(&self) -> String {
         format!("cuda:{}", self.device.ordinal())
     }
+}
 
+impl FusionBackend for Cuda {
     fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let dev = &self.device;
         let (xd, wd) = (CudaTensor::upload(x, dev)?, CudaTensor::upload(w, dev)?);
@@ -53,10 +55,6 @@ impl FusionBackend for Cuda {
 
 
 impl ShiftBackend for Cuda {
-    fn name(&self) -> String {
-        format!("cuda:{}", self.device.ordinal())
-    }
-
     fn shift_forward(&self, shift: &Shift, x: &Tensor) -> Result<Tensor> {
         self.shift(shift, x, false)
     }
@@ -77,10 +75,6 @@ impl Cuda {
 }
 
 impl DepthConvBackend for Cuda {
-    fn name(&self) -> String {
-        format!("cuda:{}", self.device.ordinal())
-    }
-
     fn depthconv_forward(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         let dev = &self.device;
         let (xd, vd) = (CudaTensor::upload(x, dev)?, CudaTensor::upload(v, dev)?);

@@ -133,3 +133,9 @@ impl Emulated {
         name
     }
 }
+
+impl super::Backend for Emulated {
+    fn name(&self) -> String {
+        self.label()
+    }
+}

@@ -20,10 +20,18 @@ use crate::fusion::{self, FusionDims, Gradients, Grads};
 use crate::shift::Shift;
 use crate::{depthconv, Result, Tensor};
 
-/// A3D fusion on a backend.
-pub trait FusionBackend {
+/// What every backend has: a name for reports.
+pub trait Backend {
     /// Short name printed in reports (`cpu`, `cuda:0`, `emulated:2sm`).
     fn name(&self) -> String;
+}
+
+/// A backend that runs every op family (what `a3d selftest` loops over).
+pub trait OpBackend: FusionBackend + ShiftBackend + DepthConvBackend {}
+impl<B: FusionBackend + ShiftBackend + DepthConvBackend> OpBackend for B {}
+
+/// A3D fusion on a backend.
+pub trait FusionBackend: Backend {
     /// `y = fuse(x, w)`.
     fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor>;
     /// The requested gradients (`dw` is `[D, D, C]`).
@@ -31,9 +39,7 @@ pub trait FusionBackend {
 }
 
 /// TSM and AlignShift on a backend.
-pub trait ShiftBackend {
-    /// Short name printed in reports.
-    fn name(&self) -> String;
+pub trait ShiftBackend: Backend {
     /// `y = shift(x)`.
     fn shift_forward(&self, shift: &Shift, x: &Tensor) -> Result<Tensor>;
     /// `dx = shift^T(dy)`.
@@ -41,9 +47,7 @@ pub trait ShiftBackend {
 }
 
 /// The symmetric depth convolution on a backend.
-pub trait DepthConvBackend {
-    /// Short name printed in reports.
-    fn name(&self) -> String;
+pub trait DepthConvBackend: Backend {
     /// `y = depth_conv(x, v)`, `v` `[K, C]`.
     fn depthconv_forward(&self, x: &Tensor, v: &Tensor) -> Result<Tensor>;
     /// The requested gradients (`dw` is `dv`, `[K, C]`).
@@ -67,11 +71,13 @@ fn poisoned(wanted: bool, shape: &[usize], like: &Tensor) -> Result<Option<Tenso
         .transpose()
 }
 
-impl FusionBackend for Cpu {
+impl Backend for Cpu {
     fn name(&self) -> String {
         "cpu".into()
     }
+}
 
+impl FusionBackend for Cpu {
     fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         fusion::check_forward(x, w)?;
         let mut y = Tensor::full(x.shape(), f32::NAN, x.dtype())?;
@@ -90,10 +96,6 @@ impl FusionBackend for Cpu {
 }
 
 impl ShiftBackend for Cpu {
-    fn name(&self) -> String {
-        "cpu".into()
-    }
-
     fn shift_forward(&self, shift: &Shift, x: &Tensor) -> Result<Tensor> {
         shift.plan("x", x)?;
         let mut y = Tensor::full(x.shape(), f32::NAN, x.dtype())?;
@@ -110,10 +112,6 @@ impl ShiftBackend for Cpu {
 }
 
 impl DepthConvBackend for Cpu {
-    fn name(&self) -> String {
-        "cpu".into()
-    }
-
     fn depthconv_forward(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         depthconv::check_forward(x, v)?;
         let mut y = Tensor::full(x.shape(), f32::NAN, x.dtype())?;

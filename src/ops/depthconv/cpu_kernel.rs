@@ -57,35 +57,41 @@ fn convolve_tile<F: Tier>(taps: &[f32], src: &[&[f32]], out: &mut [&mut [f32]], 
     }
 }
 
-/// `acc[t] += x[k + t - r] * dy[k]` lane by lane over the tile (two lane blocks in flight).
+/// `a * b + c` lane by lane, by value: a shape LLVM keeps in one vector register.
+#[inline(always)]
+fn mul_add_lanes<F: Tier>(a: &Lanes, b: &Lanes, c: Lanes) -> Lanes {
+    std::array::from_fn(|l| F::mul_add(a[l], b[l], c[l]))
+}
+
+/// The `LANES` values starting at `i` of a slice at least that long.
+#[inline(always)]
+fn lanes(s: &[f32], i: usize) -> &Lanes {
+    const ZERO: Lanes = [0.0; LANES];
+    <&Lanes>::try_from(&s[i..i + LANES]).unwrap_or(&ZERO)
+}
+
+/// `acc[t] += x[k + t - r] * dy[k]` lane by lane over the tile: two lane blocks per step in
+/// registers, pixels past the last full pair of blocks folded into the second one. The order
+/// depends on the pixel positions only.
 #[inline(always)]
 fn accumulate_dv<F: Tier>(x: &[&[f32]], dy: &[&[f32]], acc: &mut [[Lanes; 2]], m: usize) {
-    let (radius, depth, taps) = (acc.len() / 2, x.len(), acc.len());
-    let blocks = m / LANES;
-    for (t, a) in acc.iter_mut().enumerate().take(taps) {
+    let (radius, depth) = (acc.len() / 2, x.len());
+    let pairs = m / (2 * LANES);
+    for (t, a) in acc.iter_mut().enumerate() {
         let [mut a0, mut a1] = *a;
         for k in 0..depth {
             let Some(d) = source(k, t, radius, depth) else {
                 continue;
             };
             let (xs, gs) = (&x[d][..m], &dy[k][..m]);
-            let mut j = 0;
-            while j + 1 < blocks {
-                for l in 0..LANES {
-                    let (p, q) = (j * LANES + l, (j + 1) * LANES + l);
-                    a0[l] = F::mul_add(xs[p], gs[p], a0[l]);
-                    a1[l] = F::mul_add(xs[q], gs[q], a1[l]);
-                }
-                j += 2;
+            for j in 0..pairs {
+                let p = j * 2 * LANES;
+                a0 = mul_add_lanes::<F>(lanes(xs, p), lanes(gs, p), a0);
+                a1 = mul_add_lanes::<F>(lanes(xs, p + LANES), lanes(gs, p + LANES), a1);
             }
-            if j < blocks {
-                for l in 0..LANES {
-                    let p = j * LANES + l;
-                    a0[l] = F::mul_add(xs[p], gs[p], a0[l]);
-                }
-            }
-            for (i, p) in (blocks * LANES..m).enumerate() {
-                a1[i % LANES] = F::mul_add(xs[p], gs[p], a1[i % LANES]);
+            for (i, p) in (pairs * 2 * LANES..m).enumerate() {
+                let l = i % LANES;
+                a1[l] = F::mul_add(xs[p], gs[p], a1[l]);
             }
         }
         *a = [a0, a1];

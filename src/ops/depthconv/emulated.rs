@@ -66,10 +66,6 @@ impl Emulated {
 }
 
 impl DepthConvBackend for Emulated {
-    fn name(&self) -> String {
-        self.label()
-    }
-
     fn depthconv_forward(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         let dims = check_forward(x, v)?;
         launch::check_taps(dims.taps)?;

@@ -97,10 +97,6 @@ impl Emulated {
 }
 
 impl FusionBackend for Emulated {
-    fn name(&self) -> String {
-        self.label()
-    }
-
     fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let dims = check_forward(x, w)?;
         if dims.is_empty() {

@@ -38,10 +38,6 @@ impl Emulated {
 }
 
 impl ShiftBackend for Emulated {
-    fn name(&self) -> String {
-        self.label()
-    }
-
     fn shift_forward(&self, shift: &Shift, x: &Tensor) -> Result<Tensor> {
         with_dtype!(x.dtype(), T => self.shift_typed::<T>(shift, "x", x, Direction::Forward))
     }
