@@ -482,7 +482,7 @@ pub fn compile_fatbin(
     if !offenders.is_empty() {
         return Err(format!(
             "{} kernel/arch combinations use local memory (register spills or a stack frame), which \
-             kernels/fusion.cu must avoid; full table in {}:\n  {}",
+             the kernels must avoid; full table in {}:\n  {}",
             offenders.len(),
             out_report.display(),
             offenders.join("\n  ")

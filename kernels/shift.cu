@@ -111,7 +111,7 @@ __device__ __forceinline__ void shift_kernel(const T* __restrict__ in, T* __rest
         for (uint64_t u = first; u < units; u += step) {
             const uint64_t i0 = u * V;
             if (vec) {
-                Pack<T> res;
+                Pack<T> res = zero_pack<T>();
                 if (t.kind == 0) {
                     res = zero_pack<T>();
                 } else if (t.kind == 1) {
@@ -120,9 +120,7 @@ __device__ __forceinline__ void shift_kernel(const T* __restrict__ in, T* __rest
                     const Pack<T> x = load_pack(own + i0);
                     const Pack<T> y = load_pack(nb + i0);
 #pragma unroll
-                    for (int l = 0; l < V; ++l) {
-                        res.v[l] = S::from_f(shift_mix(t.s, S::to_f(x.v[l]), t.n, S::to_f(y.v[l])));
-                    }
+                    for (int l = 0; l < V; ++l) res.set(l, shift_mix(t.s, x.get(l), t.n, y.get(l)));
                 }
                 store_pack(o + i0, res);
             } else {
