@@ -236,18 +236,23 @@ __device__ __forceinline__ void dc_reduce(const float* __restrict__ partials, T*
 
 }  // namespace
 
+// An explicit minimum of resident blocks: without one, ptxas' occupancy heuristic caps these
+// kernels at 32 registers and spills (which the build rejects); with 4 blocks of 256 threads
+// they may use up to 64 registers and still keep half of an SM's threads resident.
+#define A3D_DEPTHCONV_MIN_BLOCKS 4
+
 #define A3D_DC_DEFINE_TAPS(dt, T, K)                                                               \
-    extern "C" __global__ void __launch_bounds__(A3D_DEPTHCONV_BLOCK)                              \
+    extern "C" __global__ void __launch_bounds__(A3D_DEPTHCONV_BLOCK, A3D_DEPTHCONV_MIN_BLOCKS)                              \
         depthconv_forward_##dt##_k##K(const T* __restrict__ x, const T* __restrict__ v,            \
                                       T* __restrict__ y, A3dDepthConvParams p) {                   \
         dc_mix<T, K, false>(x, v, y, p);                                                           \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(A3D_DEPTHCONV_BLOCK)                              \
+    extern "C" __global__ void __launch_bounds__(A3D_DEPTHCONV_BLOCK, A3D_DEPTHCONV_MIN_BLOCKS)                              \
         depthconv_grad_input_##dt##_k##K(const T* __restrict__ dy, const T* __restrict__ v,        \
                                          T* __restrict__ dx, A3dDepthConvParams p) {               \
         dc_mix<T, K, true>(dy, v, dx, p);                                                          \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(A3D_DEPTHCONV_BLOCK)                              \
+    extern "C" __global__ void __launch_bounds__(A3D_DEPTHCONV_BLOCK, A3D_DEPTHCONV_MIN_BLOCKS)                              \
         depthconv_grad_weight_partial_##dt##_k##K(const T* __restrict__ x,                         \
                                                   const T* __restrict__ dy,                        \
                                                   float* __restrict__ partials,                    \
@@ -260,7 +265,7 @@ __device__ __forceinline__ void dc_reduce(const float* __restrict__ partials, T*
     A3D_DC_DEFINE_TAPS(dt, T, 3)                                                                   \
     A3D_DC_DEFINE_TAPS(dt, T, 5)                                                                   \
     A3D_DC_DEFINE_TAPS(dt, T, 7)                                                                   \
-    extern "C" __global__ void __launch_bounds__(A3D_DEPTHCONV_BLOCK)                              \
+    extern "C" __global__ void __launch_bounds__(A3D_DEPTHCONV_BLOCK, A3D_DEPTHCONV_MIN_BLOCKS)                              \
         depthconv_grad_weight_reduce_##dt(const float* __restrict__ partials, T* __restrict__ dv,  \
                                           A3dDepthConvParams p) {                                  \
         dc_reduce<T>(partials, dv, p);                                                             \

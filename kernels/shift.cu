@@ -141,13 +141,18 @@ __device__ __forceinline__ void shift_kernel(const T* __restrict__ in, T* __rest
 
 }  // namespace
 
+// An explicit minimum of resident blocks: without one, ptxas' occupancy heuristic caps these
+// kernels at 32 registers and spills (which the build rejects); with 4 blocks of 256 threads
+// they may use up to 64 registers and still keep half of an SM's threads resident.
+#define A3D_SHIFT_MIN_BLOCKS 4
+
 #define A3D_SHIFT_DEFINE(dt, T)                                                                    \
-    extern "C" __global__ void __launch_bounds__(A3D_SHIFT_BLOCK)                                  \
+    extern "C" __global__ void __launch_bounds__(A3D_SHIFT_BLOCK, A3D_SHIFT_MIN_BLOCKS)                                  \
         shift_forward_##dt(const T* __restrict__ in, T* __restrict__ out,                          \
                            const float* __restrict__ coef, A3dShiftParams p) {                     \
         shift_kernel<T>(in, out, coef, p, false);                                                  \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(A3D_SHIFT_BLOCK)                                  \
+    extern "C" __global__ void __launch_bounds__(A3D_SHIFT_BLOCK, A3D_SHIFT_MIN_BLOCKS)                                  \
         shift_backward_##dt(const T* __restrict__ in, T* __restrict__ out,                         \
                             const float* __restrict__ coef, A3dShiftParams p) {                    \
         shift_kernel<T>(in, out, coef, p, true);                                                   \

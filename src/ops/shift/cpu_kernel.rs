@@ -109,12 +109,13 @@ fn shift_item<F: Tier, T: Element, const UNUSED: usize>(a: &Launch<'_, T>, i: us
                 own: None,
                 neighbour: Some((nd, n)),
             } if n == 1.0 => copy::<F, T>(dst, row(nd), a.stream),
-            RowTerms::Mix { own, neighbour } => {
-                if stage.is_empty() {
-                    stage = vec![0.0f32; 3 * TILE];
-                }
-                mix_row::<F, T>(dst, own.map(|s| (row(d), s)), neighbour.map(|(nd, n)| (row(nd), n)), &mut stage);
-            }
+            RowTerms::Mix { own, neighbour } => mix_row::<F, T>(
+                dst,
+                own.map(|s| (row(d), s)),
+                neighbour.map(|(nd, n)| (row(nd), n)),
+                &mut stage,
+                a.stream,
+            ),
         }
     }
     #[cfg(target_arch = "x86_64")]
@@ -135,37 +136,81 @@ fn copy<F: Tier, T: Element>(dst: &mut [T], src: &[T], stream: bool) {
     }
 }
 
-/// `dst = s * own + n * neighbour` (absent terms left out), tile by tile in f32.
+/// `out = s * own + n * neighbour` over f32 slices of one length (absent terms left out).
+#[inline(always)]
+fn mix_f32<F: Tier>(out: &mut [f32], own: Option<(&[f32], f32)>, neighbour: Option<(&[f32], f32)>) {
+    match (own, neighbour) {
+        (Some((x, s)), Some((y, n))) => {
+            for ((o, &u), &v) in out.iter_mut().zip(x).zip(y) {
+                *o = F::mul_add(s, u, n * v);
+            }
+        }
+        (Some((x, s)), None) | (None, Some((x, s))) => {
+            for (o, &u) in out.iter_mut().zip(x) {
+                *o = s * u;
+            }
+        }
+        (None, None) => out.fill(0.0),
+    }
+}
+
+/// An f32 storage row as f32 (`None` for other dtypes or an absent term).
+#[inline(always)]
+fn as_f32_term<T: Element>(t: Option<(&[T], f32)>) -> Option<(&[f32], f32)> {
+    t.and_then(|(r, c)| T::as_f32(r).map(|r| (r, c)))
+}
+
+/// Pixels `p..p + m` of a term.
+#[inline(always)]
+fn cut(t: Option<(&[f32], f32)>, p: usize, m: usize) -> Option<(&[f32], f32)> {
+    t.map(|(r, c)| (&r[p..p + m], c))
+}
+
+/// `dst = s * own + n * neighbour` (absent terms left out) in f32. f32 rows are mixed in place
+/// (through an L1 tile and streaming stores when the output is large); 16-bit rows are widened
+/// tile by tile into `stage`.
 #[inline(always)]
 fn mix_row<F: Tier, T: Element>(
     dst: &mut [T],
     own: Option<(&[T], f32)>,
     neighbour: Option<(&[T], f32)>,
-    stage: &mut [f32],
+    stage: &mut Vec<f32>,
+    stream: bool,
 ) {
+    let (own32, nb32) = (as_f32_term(own), as_f32_term(neighbour));
+    let complete = own32.is_some() == own.is_some() && nb32.is_some() == neighbour.is_some();
+    if complete && !stream {
+        if let Some(out) = T::as_f32_mut(dst) {
+            mix_f32::<F>(out, own32, nb32);
+            return;
+        }
+    }
+    if stage.is_empty() {
+        stage.resize(3 * TILE, 0.0);
+    }
     let (sa, rest) = stage.split_at_mut(TILE);
     let (sb, so) = rest.split_at_mut(TILE);
     let mut p = 0;
     while p < dst.len() {
         let m = TILE.min(dst.len() - p);
+        let widen = |t: Option<(&[T], f32)>, buf: &mut [f32]| {
+            t.map(|(r, c)| {
+                T::load_f32(&r[p..p + m], &mut buf[..m]);
+                c
+            })
+        };
         let out = &mut so[..m];
-        match (own, neighbour) {
-            (Some((x, s)), Some((y, n))) => {
-                T::load_f32(&x[p..p + m], &mut sa[..m]);
-                T::load_f32(&y[p..p + m], &mut sb[..m]);
-                for ((o, &u), &v) in out.iter_mut().zip(&sa[..m]).zip(&sb[..m]) {
-                    *o = F::mul_add(s, u, n * v);
-                }
-            }
-            (Some((x, s)), None) | (None, Some((x, s))) => {
-                T::load_f32(&x[p..p + m], &mut sa[..m]);
-                for (o, &u) in out.iter_mut().zip(&sa[..m]) {
-                    *o = s * u;
-                }
-            }
-            (None, None) => out.fill(0.0),
+        if complete {
+            mix_f32::<F>(out, cut(own32, p, m), cut(nb32, p, m));
+        } else {
+            let s = widen(own, sa);
+            let n = widen(neighbour, sb);
+            mix_f32::<F>(out, s.map(|c| (&sa[..m], c)), n.map(|c| (&sb[..m], c)));
         }
-        T::store_f32(out, &mut dst[p..p + m]);
+        match T::f32_as_self(out) {
+            Some(same) if stream => stream_copy::<F, T>(&mut dst[p..p + m], same),
+            _ => T::store_f32(out, &mut dst[p..p + m]),
+        }
         p += m;
     }
 }
