@@ -6,7 +6,7 @@
 //! The grad-input and grad-weight passes share one read of `dy`.
 
 use super::DepthConvDims;
-use crate::cpu::tier::{multiversion, RowWriter, SharedOut, Tier, STREAM_BYTES};
+use crate::cpu::tier::{by_depth, depth_of, multiversion, RowWriter, SharedOut, Tier, STREAM_BYTES};
 use crate::cpu::{active_isa, Isa};
 use crate::Element;
 use rayon::prelude::*;
@@ -22,45 +22,16 @@ fn tile_pixels(depth: usize) -> usize {
     ((6144 / (2 * depth.max(1) + 2)) / LANES * LANES).clamp(64, 1024)
 }
 
-/// Input slice `k + t - r` of output slice `k`, tap `t`, when it exists.
-#[inline(always)]
-fn source(k: usize, t: usize, radius: usize, depth: usize) -> Option<usize> {
-    (k + t).checked_sub(radius).filter(|&d| d < depth)
-}
-
-/// `out[k][p] = sum_t taps[t] * src[k + t - r][p]` over the tile, taps in increasing order.
-#[inline(always)]
-fn convolve_tile<F: Tier>(taps: &[f32], src: &[&[f32]], out: &mut [&mut [f32]], p: usize, m: usize) {
-    let (radius, depth) = (taps.len() / 2, src.len());
-    for (k, row) in out.iter_mut().enumerate() {
-        let row = &mut row[p..p + m];
-        let mut first = true;
-        for (t, &tap) in taps.iter().enumerate() {
-            let Some(d) = source(k, t, radius, depth) else {
-                continue;
-            };
-            let s = &src[d][..m];
-            if first {
-                for (o, &v) in row.iter_mut().zip(s) {
-                    *o = tap * v;
-                }
-                first = false;
-            } else {
-                for (o, &v) in row.iter_mut().zip(s) {
-                    *o = F::mul_add(tap, v, *o);
-                }
-            }
-        }
-        if first {
-            row.fill(0.0);
-        }
-    }
-}
-
 /// `a * b + c` lane by lane, by value: a shape LLVM keeps in one vector register.
 #[inline(always)]
 fn mul_add_lanes<F: Tier>(a: &Lanes, b: &Lanes, c: Lanes) -> Lanes {
     std::array::from_fn(|l| F::mul_add(a[l], b[l], c[l]))
+}
+
+/// `a * b + c` with a scalar `a` broadcast to every lane.
+#[inline(always)]
+fn mul_add_scalar<F: Tier>(a: f32, b: &Lanes, c: Lanes) -> Lanes {
+    std::array::from_fn(|l| F::mul_add(a, b[l], c[l]))
 }
 
 /// The `LANES` values starting at `i` of a slice at least that long.
@@ -70,53 +41,130 @@ fn lanes(s: &[f32], i: usize) -> &Lanes {
     <&Lanes>::try_from(&s[i..i + LANES]).unwrap_or(&ZERO)
 }
 
-/// `acc[t] += x[k + t - r] * dy[k]` lane by lane over the tile: two lane blocks per step in
-/// registers, pixels past the last full pair of blocks folded into the second one. The order
-/// depends on the pixel positions only.
+/// The taps `t` of output slice `k` whose input slice `k + t - r` exists.
 #[inline(always)]
-fn accumulate_dv<F: Tier>(x: &[&[f32]], dy: &[&[f32]], acc: &mut [[Lanes; 2]], m: usize) {
-    let (radius, depth) = (acc.len() / 2, x.len());
-    let pairs = m / (2 * LANES);
-    for (t, a) in acc.iter_mut().enumerate() {
-        let [mut a0, mut a1] = *a;
-        for k in 0..depth {
-            let Some(d) = source(k, t, radius, depth) else {
-                continue;
-            };
-            let (xs, gs) = (&x[d][..m], &dy[k][..m]);
-            for j in 0..pairs {
-                let p = j * 2 * LANES;
-                a0 = mul_add_lanes::<F>(lanes(xs, p), lanes(gs, p), a0);
-                a1 = mul_add_lanes::<F>(lanes(xs, p + LANES), lanes(gs, p + LANES), a1);
-            }
-            for (i, p) in (pairs * 2 * LANES..m).enumerate() {
-                let l = i % LANES;
-                a1[l] = F::mul_add(xs[p], gs[p], a1[l]);
-            }
+fn tap_range(k: usize, taps: usize, depth: usize) -> std::ops::Range<usize> {
+    let r = taps / 2;
+    r.saturating_sub(k)..taps.min(depth + r - k)
+}
+
+/// `depth` lane blocks: a register-sized array for a constant depth, a heap buffer for the
+/// general path (`D = 0`).
+#[inline(always)]
+fn blocks<const D: usize>(depth: usize) -> ([Lanes; D], Vec<Lanes>) {
+    let heap = if D == 0 { vec![[0.0; LANES]; depth] } else { Vec::new() };
+    ([[0.0; LANES]; D], heap)
+}
+
+/// `out[k][p] = sum_t taps[t] * src[k + t - r][p]` over pixels `p0..p0 + m` of the tile, taps
+/// in increasing order. Every `LANES` pixels of all slices are loaded once into registers and
+/// every output is written once (`out` rows are indexed from `out_p0`).
+#[inline(always)]
+fn convolve_tile<F: Tier, const D: usize, S: AsRef<[f32]>, O: AsMut<[f32]>>(
+    taps: &[f32],
+    src: &[S],
+    src_p0: usize,
+    out: &mut [O],
+    out_p0: usize,
+    m: usize,
+) {
+    let depth = depth_of::<D>(src.len());
+    let (ntaps, r) = (taps.len(), taps.len() / 2);
+    let (mut fixed, mut heap) = blocks::<D>(depth);
+    let xin: &mut [Lanes] = if D == 0 { &mut heap } else { &mut fixed };
+    let full = m / LANES * LANES;
+    let mut p = 0;
+    while p < full {
+        for (d, block) in xin.iter_mut().enumerate().take(depth) {
+            *block = *lanes(src[d].as_ref(), src_p0 + p);
         }
-        *a = [a0, a1];
+        for (k, row) in out.iter_mut().enumerate().take(depth) {
+            let row = row.as_mut();
+            let range = tap_range(k, ntaps, depth);
+            let mut acc = [0.0f32; LANES];
+            let mut first = true;
+            for t in range {
+                let x = &xin[k + t - r];
+                acc = if first {
+                    std::array::from_fn(|l| taps[t] * x[l])
+                } else {
+                    mul_add_scalar::<F>(taps[t], x, acc)
+                };
+                first = false;
+            }
+            row[out_p0 + p..out_p0 + p + LANES].copy_from_slice(&acc);
+        }
+        p += LANES;
+    }
+    for p in full..m {
+        for (k, row) in out.iter_mut().enumerate().take(depth) {
+            let row = row.as_mut();
+            let mut acc = 0.0f32;
+            let mut first = true;
+            for t in tap_range(k, ntaps, depth) {
+                let x = src[k + t - r].as_ref()[src_p0 + p];
+                acc = if first { taps[t] * x } else { F::mul_add(taps[t], x, acc) };
+                first = false;
+            }
+            row[out_p0 + p] = acc;
+        }
     }
 }
 
-/// f32 views of `rows[..][p..p + m]`: the rows themselves for f32, else widened into `stage`.
+/// `acc[t] += x[k + t - r] * dy[k]` lane by lane over the tile, both planes' `LANES` pixels of
+/// every slice held in registers. The order depends on the pixel positions only; pixels past
+/// the last full block go to lanes `i % LANES`.
 #[inline(always)]
-fn tile_rows<'a, T: Element>(
-    rows: &[&'a [T]],
-    p: usize,
+fn accumulate_dv<F: Tier, const D: usize, S: AsRef<[f32]>, G: AsRef<[f32]>>(
+    x: &[S],
+    x_p0: usize,
+    dy: &[G],
+    dy_p0: usize,
+    acc: &mut [Lanes],
     m: usize,
-    stage: &'a mut [Vec<f32>],
-) -> Vec<&'a [f32]> {
-    if let Some(direct) = rows
-        .iter()
-        .map(|r| T::as_f32(&r[p..p + m]))
-        .collect::<Option<Vec<_>>>()
-    {
-        return direct;
+) {
+    let depth = depth_of::<D>(x.len());
+    let (ntaps, r) = (acc.len(), acc.len() / 2);
+    let (mut fx, mut hx) = blocks::<D>(depth);
+    let (mut fg, mut hg) = blocks::<D>(depth);
+    let xin: &mut [Lanes] = if D == 0 { &mut hx } else { &mut fx };
+    let gin: &mut [Lanes] = if D == 0 { &mut hg } else { &mut fg };
+    let full = m / LANES * LANES;
+    let mut p = 0;
+    while p < full {
+        for d in 0..depth {
+            xin[d] = *lanes(x[d].as_ref(), x_p0 + p);
+            gin[d] = *lanes(dy[d].as_ref(), dy_p0 + p);
+        }
+        for k in 0..depth {
+            for t in tap_range(k, ntaps, depth) {
+                acc[t] = mul_add_lanes::<F>(&xin[k + t - r], &gin[k], acc[t]);
+            }
+        }
+        p += LANES;
     }
+    for (i, p) in (full..m).enumerate() {
+        let l = i % LANES;
+        for k in 0..depth {
+            for t in tap_range(k, ntaps, depth) {
+                let (xv, gv) = (x[k + t - r].as_ref()[x_p0 + p], dy[k].as_ref()[dy_p0 + p]);
+                acc[t][l] = F::mul_add(xv, gv, acc[t][l]);
+            }
+        }
+    }
+}
+
+/// The rows as f32 slices when the storage is f32.
+fn f32_rows<'a, T: Element>(rows: &[&'a [T]]) -> Option<Vec<&'a [f32]>> {
+    rows.iter().map(|r| T::as_f32(r)).collect()
+}
+
+/// Widens pixels `p..p + m` of `rows` into `stage` (16-bit storage).
+#[inline(always)]
+fn widen<T: Element>(rows: &[&[T]], p: usize, m: usize, stage: &mut [Vec<f32>]) {
     for (st, row) in stage.iter_mut().zip(rows) {
         T::load_f32(&row[p..p + m], &mut st[..m]);
     }
-    stage.iter().map(|s| &s[..m]).collect()
 }
 
 /// The `depth` rows of pixels `p0..p0 + n` of plane pair `bc`.
@@ -141,7 +189,7 @@ struct Pass<'a, T> {
 }
 
 #[inline(always)]
-fn item<F: Tier, T: Element, const UNUSED: usize>(
+fn item<F: Tier, T: Element, const D: usize>(
     a: &Pass<'_, T>,
     i: usize,
     partial: Option<&mut [f64]>,
@@ -162,41 +210,62 @@ fn item<F: Tier, T: Element, const UNUSED: usize>(
     // one writing pixels p0..p0+n of plane pair `bc`.
     let mut out_rows = a.out.map(|o| unsafe { o.rows_mut(bc, depth, pixels, p0, n) });
     let tile = tile_pixels(depth);
-    let staged = T::as_f32(&[]).is_none();
-    let mut stage_in = vec![vec![0.0f32; if staged { tile } else { 0 }]; depth];
-    let mut stage_x = vec![vec![0.0f32; if staged && x_rows.is_some() { tile } else { 0 }]; depth];
-    // f32 with plain stores: taps accumulate straight into the output rows.
-    let direct = !staged && !a.stream;
-    let mut stage_out = vec![vec![0.0f32; if direct { 0 } else { tile }]; depth];
+    let mut acc = vec![[0.0f32; LANES]; if partial.is_some() { ntaps } else { 0 }];
     let mut writer = RowWriter::<F, T>::new(a.stream, tile);
-    let mut acc = vec![[[0.0f32; LANES]; 2]; if partial.is_some() { ntaps } else { 0 }];
+    // f32 storage: the kernels read the rows in place; 16-bit rows are widened per tile.
+    let in32 = f32_rows(&in_rows);
+    let x32 = x_rows.as_deref().and_then(f32_rows);
+    let stage_rows = |wanted: bool| vec![vec![0.0f32; if wanted { tile } else { 0 }]; depth];
+    let mut stage_in = stage_rows(in32.is_none());
+    let mut stage_x = stage_rows(x_rows.is_some() && x32.is_none());
+    // f32 with plain stores: outputs are written straight into their rows.
+    let want_out = out_rows.is_some();
+    let direct_mode = want_out && in32.is_some() && !a.stream;
+    let mut direct: Option<Vec<&mut [f32]>> = if direct_mode {
+        out_rows
+            .take()
+            .map(|rows| rows.into_iter().filter_map(|r| T::as_f32_mut(r)).collect())
+    } else {
+        None
+    };
+    let mut stage_out = stage_rows(want_out && !direct_mode);
     let mut p = 0;
     while p < n {
         let m = tile.min(n - p);
-        let src = tile_rows(&in_rows, p, m, &mut stage_in);
-        if let Some(out_rows) = out_rows.as_mut() {
-            if direct {
-                let mut out: Vec<&mut [f32]> =
-                    out_rows.iter_mut().filter_map(|r| T::as_f32_mut(r)).collect();
-                convolve_tile::<F>(taps, &src, &mut out, p, m);
-            } else {
-                let mut out: Vec<&mut [f32]> = stage_out.iter_mut().map(|r| &mut r[..]).collect();
-                convolve_tile::<F>(taps, &src, &mut out, 0, m);
-                for (o, row) in stage_out.iter().zip(out_rows.iter_mut()) {
-                    writer.write(&o[..m], &mut row[p..p + m]);
-                }
+        if in32.is_none() {
+            widen(&in_rows, p, m, &mut stage_in);
+        }
+        if let Some(out) = direct.as_mut() {
+            match &in32 {
+                Some(src) => convolve_tile::<F, D, _, _>(taps, src, p, out, p, m),
+                None => convolve_tile::<F, D, _, _>(taps, &stage_in, 0, out, p, m),
+            }
+        } else if let Some(out_rows) = out_rows.as_mut() {
+            match &in32 {
+                Some(src) => convolve_tile::<F, D, _, _>(taps, src, p, &mut stage_out, 0, m),
+                None => convolve_tile::<F, D, _, _>(taps, &stage_in, 0, &mut stage_out, 0, m),
+            }
+            for (o, row) in stage_out.iter().zip(out_rows.iter_mut()) {
+                writer.write(&o[..m], &mut row[p..p + m]);
             }
         }
         if let Some(x_rows) = x_rows.as_ref() {
-            let x = tile_rows(x_rows, p, m, &mut stage_x);
-            accumulate_dv::<F>(&x, &src, &mut acc, m);
+            if x32.is_none() {
+                widen(x_rows, p, m, &mut stage_x);
+            }
+            match (&x32, &in32) {
+                (Some(x), Some(g)) => accumulate_dv::<F, D, _, _>(x, p, g, p, &mut acc, m),
+                (Some(x), None) => accumulate_dv::<F, D, _, _>(x, p, &stage_in, 0, &mut acc, m),
+                (None, Some(g)) => accumulate_dv::<F, D, _, _>(&stage_x, 0, g, p, &mut acc, m),
+                (None, None) => accumulate_dv::<F, D, _, _>(&stage_x, 0, &stage_in, 0, &mut acc, m),
+            }
         }
         p += m;
     }
     writer.finish();
     if let Some(partial) = partial {
-        for (slot, [a0, a1]) in partial.iter_mut().zip(&acc) {
-            *slot = a0.iter().chain(a1).map(|&v| v as f64).sum();
+        for (slot, lanes) in partial.iter_mut().zip(&acc) {
+            *slot = lanes.iter().map(|&v| v as f64).sum();
         }
     }
 }
@@ -228,10 +297,12 @@ pub(crate) fn forward<T: Element>(dims: &DepthConvDims, x: &[T], v: &[f32], y: &
         x: None,
     };
     let isa: Isa = active_isa();
+    let run: fn(Isa, &Pass<'_, T>, usize, Option<&mut [f64]>) =
+        by_depth!(dims.input.depth, item_entry::<T>);
     let items = dims.input.batch * dims.input.channels * chunks;
     (0..items)
         .into_par_iter()
-        .for_each(|i| item_entry::<T, 0>(isa, &pass, i, None));
+        .for_each(|i| run(isa, &pass, i, None));
 }
 
 /// Writes `dx` when given and `dv` (`[K, C]`) when given, in one pass over `dy`.
@@ -256,18 +327,20 @@ pub(crate) fn backward<T: Element>(
         x: dv.is_some().then_some(x),
     };
     let isa: Isa = active_isa();
+    let run: fn(Isa, &Pass<'_, T>, usize, Option<&mut [f64]>) =
+        by_depth!(dims.input.depth, item_entry::<T>);
     let items = dims.input.batch * channels * chunks;
     let Some(dv) = dv else {
         (0..items)
             .into_par_iter()
-            .for_each(|i| item_entry::<T, 0>(isa, &pass, i, None));
+            .for_each(|i| run(isa, &pass, i, None));
         return;
     };
     let mut partials = vec![0.0f64; items * ntaps];
     partials
         .par_chunks_mut(ntaps)
         .enumerate()
-        .for_each(|(i, slot)| item_entry::<T, 0>(isa, &pass, i, Some(slot)));
+        .for_each(|(i, slot)| run(isa, &pass, i, Some(slot)));
     // Fixed order: for channel c, items in (batch, chunk) order.
     let mut sums = vec![0.0f64; ntaps * channels];
     for b in 0..dims.input.batch {

@@ -12,7 +12,7 @@
 //! same body with a constant depth.
 
 use super::FusionDims;
-use crate::cpu::tier::{multiversion, RowWriter, SharedOut, Tier, STREAM_BYTES};
+use crate::cpu::tier::{by_depth, depth_of, multiversion, RowWriter, SharedOut, Tier, STREAM_BYTES};
 use crate::cpu::{active_isa, Isa};
 use crate::Element;
 use rayon::prelude::*;
@@ -327,42 +327,6 @@ fn channel_coef(w: &[f32], depth: usize, channels: usize, c: usize, transpose: b
         }
     }
     m
-}
-
-/// Selects the instantiation of `$f::<$t, D>` for a runtime depth: a constant D for 1..=16
-/// (loops fully unrolled), `D = 0` (depth read at run time) beyond.
-macro_rules! by_depth {
-    ($depth:expr, $f:ident::<$t:ty>) => {
-        match $depth {
-            1 => $f::<$t, 1> as _,
-            2 => $f::<$t, 2> as _,
-            3 => $f::<$t, 3> as _,
-            4 => $f::<$t, 4> as _,
-            5 => $f::<$t, 5> as _,
-            6 => $f::<$t, 6> as _,
-            7 => $f::<$t, 7> as _,
-            8 => $f::<$t, 8> as _,
-            9 => $f::<$t, 9> as _,
-            10 => $f::<$t, 10> as _,
-            11 => $f::<$t, 11> as _,
-            12 => $f::<$t, 12> as _,
-            13 => $f::<$t, 13> as _,
-            14 => $f::<$t, 14> as _,
-            15 => $f::<$t, 15> as _,
-            16 => $f::<$t, 16> as _,
-            _ => $f::<$t, 0> as _,
-        }
-    };
-}
-
-/// The depth an instantiation runs with: its constant, or the runtime value for `D = 0`.
-#[inline(always)]
-const fn depth_of<const D: usize>(runtime: usize) -> usize {
-    if D == 0 {
-        runtime
-    } else {
-        D
-    }
 }
 
 /// Inputs of one forward launch.
