@@ -19,7 +19,7 @@ type Lanes = [f32; LANES];
 
 /// Pixels per tile: the tile's input and output rows stay in L1.
 fn tile_pixels(depth: usize) -> usize {
-    ((6144 / (2 * depth.max(1) + 2)) / LANES * LANES).clamp(64, 1024)
+    ((24576 / (2 * depth.max(1) + 2)) / LANES * LANES).clamp(256, 2048)
 }
 
 /// `a * b + c` lane by lane, by value: a shape LLVM keeps in one vector register.
@@ -41,11 +41,10 @@ fn lanes(s: &[f32], i: usize) -> &Lanes {
     <&Lanes>::try_from(&s[i..i + LANES]).unwrap_or(&ZERO)
 }
 
-/// The taps `t` of output slice `k` whose input slice `k + t - r` exists.
+/// The tap linking input slice `j` to output slice `k` (`t = j - k + r`), if within the kernel.
 #[inline(always)]
-fn tap_range(k: usize, taps: usize, depth: usize) -> std::ops::Range<usize> {
-    let r = taps / 2;
-    r.saturating_sub(k)..taps.min(depth + r - k)
+fn tap_of(j: usize, k: usize, radius: usize, taps: usize) -> Option<usize> {
+    (j + radius).checked_sub(k).filter(|&t| t < taps)
 }
 
 /// `depth` lane blocks: a register-sized array for a constant depth, a heap buffer for the
@@ -56,9 +55,14 @@ fn blocks<const D: usize>(depth: usize) -> ([Lanes; D], Vec<Lanes>) {
     ([[0.0; LANES]; D], heap)
 }
 
-/// `out[k][p] = sum_t taps[t] * src[k + t - r][p]` over pixels `p0..p0 + m` of the tile, taps
-/// in increasing order. Every `LANES` pixels of all slices are loaded once into registers and
-/// every output is written once (`out` rows are indexed from `out_p0`).
+/// Diagonals of a `D x D` matrix for `D <= 16`: the `dv` accumulators, one per `j - k`.
+const MAX_DIAGONALS: usize = 31;
+
+/// `out[k][p] = sum_t taps[t] * src[k + t - r][p]` over pixels `0..m` of the tile (rows read
+/// from `src_p0`, written from `out_p0`), taps in increasing order. Every `LANES` pixels of all
+/// slices are loaded once into registers and every output written once. The loops run over
+/// slice pairs `(j, k)`, which a constant depth unrolls into register indices; the tap of a
+/// pair is looked up at run time.
 #[inline(always)]
 fn convolve_tile<F: Tier, const D: usize, S: AsRef<[f32]>, O: AsMut<[f32]>>(
     taps: &[f32],
@@ -79,41 +83,43 @@ fn convolve_tile<F: Tier, const D: usize, S: AsRef<[f32]>, O: AsMut<[f32]>>(
             *block = *lanes(src[d].as_ref(), src_p0 + p);
         }
         for (k, row) in out.iter_mut().enumerate().take(depth) {
-            let row = row.as_mut();
-            let range = tap_range(k, ntaps, depth);
             let mut acc = [0.0f32; LANES];
             let mut first = true;
-            for t in range {
-                let x = &xin[k + t - r];
-                acc = if first {
-                    std::array::from_fn(|l| taps[t] * x[l])
-                } else {
-                    mul_add_scalar::<F>(taps[t], x, acc)
-                };
-                first = false;
+            for (j, x) in xin.iter().enumerate().take(depth) {
+                if let Some(t) = tap_of(j, k, r, ntaps) {
+                    acc = if first {
+                        std::array::from_fn(|l| taps[t] * x[l])
+                    } else {
+                        mul_add_scalar::<F>(taps[t], x, acc)
+                    };
+                    first = false;
+                }
             }
-            row[out_p0 + p..out_p0 + p + LANES].copy_from_slice(&acc);
+            row.as_mut()[out_p0 + p..out_p0 + p + LANES].copy_from_slice(&acc);
         }
         p += LANES;
     }
     for p in full..m {
         for (k, row) in out.iter_mut().enumerate().take(depth) {
-            let row = row.as_mut();
             let mut acc = 0.0f32;
             let mut first = true;
-            for t in tap_range(k, ntaps, depth) {
-                let x = src[k + t - r].as_ref()[src_p0 + p];
-                acc = if first { taps[t] * x } else { F::mul_add(taps[t], x, acc) };
-                first = false;
+            for (j, s) in src.iter().enumerate().take(depth) {
+                if let Some(t) = tap_of(j, k, r, ntaps) {
+                    let x = s.as_ref()[src_p0 + p];
+                    acc = if first { taps[t] * x } else { F::mul_add(taps[t], x, acc) };
+                    first = false;
+                }
             }
-            row[out_p0 + p] = acc;
+            row.as_mut()[out_p0 + p] = acc;
         }
     }
 }
 
 /// `acc[t] += x[k + t - r] * dy[k]` lane by lane over the tile, both planes' `LANES` pixels of
-/// every slice held in registers. The order depends on the pixel positions only; pixels past
-/// the last full block go to lanes `i % LANES`.
+/// every slice held in registers and one accumulator per diagonal `j - k` of the slice pairs
+/// (constant indices for a constant depth), folded into the taps at the end of the tile. The
+/// order depends on the pixel positions only; pixels past the last full block go to lanes
+/// `i % LANES`.
 #[inline(always)]
 fn accumulate_dv<F: Tier, const D: usize, S: AsRef<[f32]>, G: AsRef<[f32]>>(
     x: &[S],
@@ -129,6 +135,10 @@ fn accumulate_dv<F: Tier, const D: usize, S: AsRef<[f32]>, G: AsRef<[f32]>>(
     let (mut fg, mut hg) = blocks::<D>(depth);
     let xin: &mut [Lanes] = if D == 0 { &mut hx } else { &mut fx };
     let gin: &mut [Lanes] = if D == 0 { &mut hg } else { &mut fg };
+    let diagonals = 2 * depth - 1;
+    let mut fixed_diag = [[0.0f32; LANES]; MAX_DIAGONALS];
+    let mut heap_diag = if D == 0 { vec![[0.0f32; LANES]; diagonals] } else { Vec::new() };
+    let diag: &mut [Lanes] = if D == 0 { &mut heap_diag } else { &mut fixed_diag };
     let full = m / LANES * LANES;
     let mut p = 0;
     while p < full {
@@ -137,8 +147,11 @@ fn accumulate_dv<F: Tier, const D: usize, S: AsRef<[f32]>, G: AsRef<[f32]>>(
             gin[d] = *lanes(dy[d].as_ref(), dy_p0 + p);
         }
         for k in 0..depth {
-            for t in tap_range(k, ntaps, depth) {
-                acc[t] = mul_add_lanes::<F>(&xin[k + t - r], &gin[k], acc[t]);
+            for j in 0..depth {
+                if tap_of(j, k, r, ntaps).is_some() {
+                    let e = j + depth - 1 - k;
+                    diag[e] = mul_add_lanes::<F>(&xin[j], &gin[k], diag[e]);
+                }
             }
         }
         p += LANES;
@@ -146,9 +159,20 @@ fn accumulate_dv<F: Tier, const D: usize, S: AsRef<[f32]>, G: AsRef<[f32]>>(
     for (i, p) in (full..m).enumerate() {
         let l = i % LANES;
         for k in 0..depth {
-            for t in tap_range(k, ntaps, depth) {
-                let (xv, gv) = (x[k + t - r].as_ref()[x_p0 + p], dy[k].as_ref()[dy_p0 + p]);
-                acc[t][l] = F::mul_add(xv, gv, acc[t][l]);
+            for j in 0..depth {
+                if tap_of(j, k, r, ntaps).is_some() {
+                    let e = j + depth - 1 - k;
+                    let (xv, gv) = (x[j].as_ref()[x_p0 + p], dy[k].as_ref()[dy_p0 + p]);
+                    diag[e][l] = F::mul_add(xv, gv, diag[e][l]);
+                }
+            }
+        }
+    }
+    // Diagonal j - k = t - r.
+    for (t, a) in acc.iter_mut().enumerate() {
+        if let Some(e) = (t + depth - 1).checked_sub(r).filter(|&e| e < diagonals) {
+            for l in 0..LANES {
+                a[l] += diag[e][l];
             }
         }
     }
