@@ -978,6 +978,26 @@ A3D_FUSION_DEFINE_DTYPE(bf16, __nv_bfloat16)
 #undef A3D_FUSION_DEFINE_DTYPE
 #undef A3D_FUSION_DEFINE_DEPTH
 
+#if defined(A3D_HOST_EMULATION)
+// Host-only query of the grad-weight tile size DwCfg<D, V>::TU (units per tile), so that the
+// launch planner's table (src/ops/fusion/launch.rs) is checked against the kernels' own in the
+// emulation tests. -1 for a depth without a specialised kernel.
+namespace {
+template <int V, int... Ds>
+int a3d_fusion_tile_units_of(int depth, std::integer_sequence<int, Ds...>) {
+    int units = -1;
+    ((depth == Ds + 1 ? (units = a3d_fusion::DwCfg<Ds + 1, V>::TU, 0) : 0), ...);
+    return units;
+}
+}  // namespace
+extern "C" int a3d_fusion_dw_tile_units(int depth, int vector_width) {
+    const auto depths = std::make_integer_sequence<int, 16>{};
+    if (vector_width == 4) return a3d_fusion_tile_units_of<4>(depth, depths);
+    if (vector_width == 8) return a3d_fusion_tile_units_of<8>(depth, depths);
+    return -1;
+}
+#endif
+
 // ------------------------------------------------------------------------------------------
 // X-macro of every kernel name (host emulation builds its kernel table from it).
 //   A3D_FUSION_KERNELS(X)          all 156 kernels (f32, f16, bf16)

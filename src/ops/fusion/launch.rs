@@ -101,12 +101,13 @@ pub(crate) fn elementwise(
     }
 }
 
-/// Units in one shared-memory tile of grad-weight (fusion.cu): more slices, smaller tiles.
+/// Units in one shared-memory tile of grad-weight: `DwCfg<D, V>::TU` of fusion.cu (more
+/// slices, smaller tiles). The emulation tests check this table against the kernels' own.
 fn weight_tile_units(depth: usize, dtype: DType) -> u64 {
     match (dtype == DType::F32, depth) {
-        (true, 0..=8) => 256,
-        (true, 9..=12) => 128,
-        (true, 13..=16) => 64,
+        (true, 0..=4) => 256,
+        (true, 5..=8) => 128,
+        (true, 9..=16) => 64,
         (false, 0..=2) => 256,
         (false, 3..=4) => 128,
         (false, 5..=8) => 64,
@@ -151,6 +152,27 @@ pub(crate) fn grad_weight(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "emulation")]
+    #[test]
+    fn weight_tiles_match_the_kernels() {
+        unsafe extern "C" {
+            fn a3d_fusion_dw_tile_units(depth: std::ffi::c_int, vector_width: std::ffi::c_int)
+                -> std::ffi::c_int;
+        }
+        for dtype in DType::ALL {
+            for depth in 1..=MAX_SPECIALISED_DEPTH {
+                // SAFETY: a pure function of two integers, compiled from kernels/fusion.cu into
+                // the emulation library.
+                let kernel = unsafe { a3d_fusion_dw_tile_units(depth as i32, vector_width(dtype) as i32) };
+                assert_eq!(
+                    weight_tile_units(depth, dtype),
+                    kernel as u64,
+                    "{dtype} D={depth}: launch.rs and fusion.cu's DwCfg disagree"
+                );
+            }
+        }
+    }
 
     fn dims(shape: [usize; 5]) -> FusionDims {
         FusionDims::from_input_shape(&shape).unwrap()
