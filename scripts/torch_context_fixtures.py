@@ -12,47 +12,16 @@ Inputs are float32 values; the PyTorch computations run in float64 on them, so t
 hold a3d's f32 results to float64 answers. tests/torch_parity.rs reads the file.
 """
 import os
+import sys
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+from torch_context_ops import align_shift, depth_conv, tsm  # noqa: E402
 
 torch.manual_seed(20261201)
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "context_ops.safetensors")
-
-
-def tsm(x, fold_div):
-    """The reference's out-of-place TSM: the first fold channels take slice d+1, the next fold
-    slice d-1, zeros at the open ends."""
-    c = x.shape[1]
-    fold = c // fold_div
-    out = torch.zeros_like(x)
-    out[:, :fold, :-1] = x[:, :fold, 1:]
-    out[:, fold:2 * fold, 1:] = x[:, fold:2 * fold, :-1]
-    out[:, 2 * fold:] = x[:, 2 * fold:]
-    return out
-
-
-def align_shift(x, thickness, fold_div, ref_thickness, padding_zero):
-    """AlignShift as the reference defines it, per sample alpha from the slice thickness."""
-    c = x.shape[1]
-    fold = c // fold_div
-    alpha = 1 - torch.clamp(ref_thickness / thickness, 0, 1)
-    a = alpha.view(-1, 1, 1, 1, 1)
-    pad = a if padding_zero else torch.ones_like(a)
-    g0, g1 = x[:, :fold], x[:, fold:2 * fold]
-    o0 = torch.cat([a * g0[:, :, :-1] + (1 - a) * g0[:, :, 1:], pad * g0[:, :, -1:]], dim=2)
-    o1 = torch.cat([pad * g1[:, :, :1], a * g1[:, :, 1:] + (1 - a) * g1[:, :, :-1]], dim=2)
-    out = torch.cat([o0, o1, x[:, 2 * fold:]], dim=1)
-    return out
-
-
-def depth_conv(x, v):
-    """Depthwise convolution along depth, one K-tap kernel per channel, zero padding:
-    a conv3d with kernel [K, 1, 1] and groups = C (weights v[K, C])."""
-    k, c = v.shape
-    weight = v.t().reshape(c, 1, k, 1, 1)
-    return F.conv3d(x, weight, padding=(k // 2, 0, 0), groups=c)
 
 
 def f32_values(shape):
