@@ -1,37 +1,32 @@
 //! CPU kernels of the depth convolution. Items are `(plane pair, fixed pixel chunk)`, split the
-//! same way for any thread count; inside an item the pixels go in L1-sized tiles. Every output
-//! slice accumulates its taps in increasing order with the tier's multiply-add (as the CUDA
-//! kernels do). The weight gradient keeps per-lane f32 sums per item, adds the lanes in f64
-//! per item and the items in a fixed order, so `dv` is bitwise identical for any thread count.
-//! The grad-input and grad-weight passes share one read of `dy`.
+//! same way for any thread count. Inside an item the output slices are made one after another,
+//! each in one sweep over the chunk's pixels from the K input slices it needs: a slice comes
+//! from memory once, for the first output that needs it, and stays in L2 for the next K - 1
+//! (a chunk row is 32 KiB), so a thread streams one input row and one output row at a time, as
+//! a copy does. Taps are accumulated in increasing order with the tier's multiply-add (the
+//! CUDA kernels' order). The weight gradient keeps per-lane f32 sums per item, adds the lanes
+//! in f64 per item and the items in a fixed order: `dv` is bitwise identical for any thread
+//! count. Grad-input and grad-weight share one pass over `dy`.
 
 use super::DepthConvDims;
-use crate::cpu::tier::{by_depth, depth_of, multiversion, RowWriter, SharedOut, Tier, STREAM_BYTES};
+use crate::cpu::tier::{multiversion, RowWriter, SharedOut, Tier, STREAM_BYTES};
 use crate::cpu::{active_isa, Isa};
 use crate::Element;
 use rayon::prelude::*;
 
 /// Pixels per work item. Fixed: the `dv` reduction order depends on it.
 const CHUNK_PIXELS: usize = 8192;
-/// Width of the `dv` lane accumulators.
+/// Width of the vectorised pixel blocks and of the `dv` lane accumulators.
 const LANES: usize = 16;
 type Lanes = [f32; LANES];
+/// Pixels per output tile when outputs are staged (16-bit storage or streaming stores).
+const TILE: usize = 1024;
 
-/// Pixels per tile: the tile's input and output rows stay in L1.
-fn tile_pixels(depth: usize) -> usize {
-    ((24576 / (2 * depth.max(1) + 2)) / LANES * LANES).clamp(256, 2048)
-}
-
-/// `a * b + c` lane by lane, by value: a shape LLVM keeps in one vector register.
+/// The taps `t` of output slice `k` whose input slice `k + t - r` exists.
 #[inline(always)]
-fn mul_add_lanes<F: Tier>(a: &Lanes, b: &Lanes, c: Lanes) -> Lanes {
-    std::array::from_fn(|l| F::mul_add(a[l], b[l], c[l]))
-}
-
-/// `a * b + c` with a scalar `a` broadcast to every lane.
-#[inline(always)]
-fn mul_add_scalar<F: Tier>(a: f32, b: &Lanes, c: Lanes) -> Lanes {
-    std::array::from_fn(|l| F::mul_add(a, b[l], c[l]))
+fn tap_range(k: usize, taps: usize, depth: usize) -> std::ops::Range<usize> {
+    let r = taps / 2;
+    r.saturating_sub(k)..taps.min(depth + r - k)
 }
 
 /// The `LANES` values starting at `i` of a slice at least that long.
@@ -41,161 +36,109 @@ fn lanes(s: &[f32], i: usize) -> &Lanes {
     <&Lanes>::try_from(&s[i..i + LANES]).unwrap_or(&ZERO)
 }
 
-/// The tap linking input slice `j` to output slice `k` (`t = j - k + r`), if within the kernel.
-#[inline(always)]
-fn tap_of(j: usize, k: usize, radius: usize, taps: usize) -> Option<usize> {
-    (j + radius).checked_sub(k).filter(|&t| t < taps)
-}
+/// Pixels of one accumulation block of [`mix_terms`] (4 KiB of f32: stays in L1).
+const BLOCK: usize = 1024;
 
-/// `depth` lane blocks: a register-sized array for a constant depth, a heap buffer for the
-/// general path (`D = 0`).
+/// `out[p] = sum_i terms[i].0 * terms[i].1[p]`, terms in order (the first one multiplied, the
+/// rest multiply-added); no terms gives zeros. Works through `out` in L1-sized blocks, one
+/// plain elementwise loop per term, which the compiler vectorises without bounds checks.
 #[inline(always)]
-fn blocks<const D: usize>(depth: usize) -> ([Lanes; D], Vec<Lanes>) {
-    let heap = if D == 0 { vec![[0.0; LANES]; depth] } else { Vec::new() };
-    ([[0.0; LANES]; D], heap)
-}
-
-/// Diagonals of a `D x D` matrix for `D <= 16`: the `dv` accumulators, one per `j - k`.
-const MAX_DIAGONALS: usize = 31;
-
-/// `out[k][p] = sum_t taps[t] * src[k + t - r][p]` over pixels `0..m` of the tile (rows read
-/// from `src_p0`, written from `out_p0`), taps in increasing order. Every `LANES` pixels of all
-/// slices are loaded once into registers and every output written once. The loops run over
-/// slice pairs `(j, k)`, which a constant depth unrolls into register indices; the tap of a
-/// pair is looked up at run time.
-#[inline(always)]
-fn convolve_tile<F: Tier, const D: usize, S: AsRef<[f32]>, O: AsMut<[f32]>>(
-    taps: &[f32],
-    src: &[S],
-    src_p0: usize,
-    out: &mut [O],
-    out_p0: usize,
-    m: usize,
-) {
-    let depth = depth_of::<D>(src.len());
-    let (ntaps, r) = (taps.len(), taps.len() / 2);
-    let (mut fixed, mut heap) = blocks::<D>(depth);
-    let xin: &mut [Lanes] = if D == 0 { &mut heap } else { &mut fixed };
-    let full = m / LANES * LANES;
+fn mix_terms<F: Tier>(terms: &[(f32, &[f32])], out: &mut [f32]) {
+    let Some((&(c0, r0), rest)) = terms.split_first() else {
+        out.fill(0.0);
+        return;
+    };
+    let m = out.len();
     let mut p = 0;
-    while p < full {
-        for (d, block) in xin.iter_mut().enumerate().take(depth) {
-            *block = *lanes(src[d].as_ref(), src_p0 + p);
+    while p < m {
+        let e = BLOCK.min(m - p);
+        let o = &mut out[p..p + e];
+        for (o, &x) in o.iter_mut().zip(&r0[p..p + e]) {
+            *o = c0 * x;
         }
-        for (k, row) in out.iter_mut().enumerate().take(depth) {
-            let mut acc = [0.0f32; LANES];
-            let mut first = true;
-            for (j, x) in xin.iter().enumerate().take(depth) {
-                if let Some(t) = tap_of(j, k, r, ntaps) {
-                    acc = if first {
-                        std::array::from_fn(|l| taps[t] * x[l])
-                    } else {
-                        mul_add_scalar::<F>(taps[t], x, acc)
-                    };
-                    first = false;
-                }
+        for &(c, r) in rest {
+            for (o, &x) in o.iter_mut().zip(&r[p..p + e]) {
+                *o = F::mul_add(c, x, *o);
             }
-            row.as_mut()[out_p0 + p..out_p0 + p + LANES].copy_from_slice(&acc);
         }
-        p += LANES;
-    }
-    for p in full..m {
-        for (k, row) in out.iter_mut().enumerate().take(depth) {
-            let mut acc = 0.0f32;
-            let mut first = true;
-            for (j, s) in src.iter().enumerate().take(depth) {
-                if let Some(t) = tap_of(j, k, r, ntaps) {
-                    let x = s.as_ref()[src_p0 + p];
-                    acc = if first { taps[t] * x } else { F::mul_add(taps[t], x, acc) };
-                    first = false;
-                }
-            }
-            row.as_mut()[out_p0 + p] = acc;
-        }
+        p += e;
     }
 }
 
-/// `acc[t] += x[k + t - r] * dy[k]` lane by lane over the tile, both planes' `LANES` pixels of
-/// every slice held in registers and one accumulator per diagonal `j - k` of the slice pairs
-/// (constant indices for a constant depth), folded into the taps at the end of the tile. The
-/// order depends on the pixel positions only; pixels past the last full block go to lanes
-/// `i % LANES`.
+/// `sum_p a[p] * b[p]` per lane (`p % LANES` of four interleaved block accumulators, added in a
+/// fixed order); the tail past the last full block goes to lanes `i % LANES`.
 #[inline(always)]
-fn accumulate_dv<F: Tier, const D: usize, S: AsRef<[f32]>, G: AsRef<[f32]>>(
-    x: &[S],
-    x_p0: usize,
-    dy: &[G],
-    dy_p0: usize,
-    acc: &mut [Lanes],
-    m: usize,
-) {
-    let depth = depth_of::<D>(x.len());
-    let (ntaps, r) = (acc.len(), acc.len() / 2);
-    let (mut fx, mut hx) = blocks::<D>(depth);
-    let (mut fg, mut hg) = blocks::<D>(depth);
-    let xin: &mut [Lanes] = if D == 0 { &mut hx } else { &mut fx };
-    let gin: &mut [Lanes] = if D == 0 { &mut hg } else { &mut fg };
-    let diagonals = 2 * depth - 1;
-    let mut fixed_diag = [[0.0f32; LANES]; MAX_DIAGONALS];
-    let mut heap_diag = if D == 0 { vec![[0.0f32; LANES]; diagonals] } else { Vec::new() };
-    let diag: &mut [Lanes] = if D == 0 { &mut heap_diag } else { &mut fixed_diag };
-    let full = m / LANES * LANES;
-    let mut p = 0;
-    while p < full {
-        for d in 0..depth {
-            xin[d] = *lanes(x[d].as_ref(), x_p0 + p);
-            gin[d] = *lanes(dy[d].as_ref(), dy_p0 + p);
+fn dot_lanes<F: Tier>(a: &[f32], b: &[f32]) -> Lanes {
+    let m = a.len().min(b.len());
+    let mut acc = [[0.0f32; LANES]; 4];
+    let quads = m / (4 * LANES);
+    for q in 0..quads {
+        for (j, s) in acc.iter_mut().enumerate() {
+            let p = (4 * q + j) * LANES;
+            let (x, y) = (lanes(a, p), lanes(b, p));
+            *s = std::array::from_fn(|l| F::mul_add(x[l], y[l], s[l]));
         }
-        for k in 0..depth {
-            for j in 0..depth {
-                if tap_of(j, k, r, ntaps).is_some() {
-                    let e = j + depth - 1 - k;
-                    diag[e] = mul_add_lanes::<F>(&xin[j], &gin[k], diag[e]);
-                }
-            }
-        }
-        p += LANES;
     }
-    for (i, p) in (full..m).enumerate() {
+    let mut p = quads * 4 * LANES;
+    let mut j = 0;
+    while p + LANES <= m {
+        let (x, y) = (lanes(a, p), lanes(b, p));
+        acc[j] = std::array::from_fn(|l| F::mul_add(x[l], y[l], acc[j][l]));
+        p += LANES;
+        j += 1;
+    }
+    for (i, q) in (p..m).enumerate() {
         let l = i % LANES;
-        for k in 0..depth {
-            for j in 0..depth {
-                if tap_of(j, k, r, ntaps).is_some() {
-                    let e = j + depth - 1 - k;
-                    let (xv, gv) = (x[j].as_ref()[x_p0 + p], dy[k].as_ref()[dy_p0 + p]);
-                    diag[e][l] = F::mul_add(xv, gv, diag[e][l]);
-                }
+        acc[3][l] = F::mul_add(a[q], b[q], acc[3][l]);
+    }
+    std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]))
+}
+
+/// The f32 view of the D rows of one chunk: the rows themselves for f32 storage, else a ring of
+/// K widened rows (slice `d` in slot `d % K`), filled as the sweep reaches them.
+struct SliceRows<'a, T> {
+    src: Vec<&'a [T]>,
+    direct: Option<Vec<&'a [f32]>>,
+    ring: Vec<Vec<f32>>,
+    held: Vec<Option<usize>>,
+}
+
+impl<'a, T: Element> SliceRows<'a, T> {
+    fn new(src: Vec<&'a [T]>, slots: usize) -> SliceRows<'a, T> {
+        let direct: Option<Vec<&[f32]>> = src.iter().map(|r| T::as_f32(r)).collect();
+        let n = src.first().map_or(0, |r| r.len());
+        let slots = if direct.is_some() { 0 } else { slots };
+        SliceRows {
+            src,
+            direct,
+            ring: vec![vec![0.0; n]; slots],
+            held: vec![None; slots],
+        }
+    }
+
+    /// Makes slices `lo..hi` readable.
+    #[inline(always)]
+    fn fetch(&mut self, lo: usize, hi: usize) {
+        if self.direct.is_some() {
+            return;
+        }
+        let slots = self.ring.len();
+        for d in lo..hi {
+            if self.held[d % slots] != Some(d) {
+                T::load_f32(self.src[d], &mut self.ring[d % slots]);
+                self.held[d % slots] = Some(d);
             }
         }
     }
-    // Diagonal j - k = t - r.
-    for (t, a) in acc.iter_mut().enumerate() {
-        if let Some(e) = (t + depth - 1).checked_sub(r).filter(|&e| e < diagonals) {
-            for l in 0..LANES {
-                a[l] += diag[e][l];
-            }
+
+    /// Slice `d` (fetched before).
+    #[inline(always)]
+    fn get(&self, d: usize) -> &[f32] {
+        match &self.direct {
+            Some(rows) => rows[d],
+            None => &self.ring[d % self.ring.len()],
         }
     }
-}
-
-/// The rows as f32 slices when the storage is f32.
-fn f32_rows<'a, T: Element>(rows: &[&'a [T]]) -> Option<Vec<&'a [f32]>> {
-    rows.iter().map(|r| T::as_f32(r)).collect()
-}
-
-/// Widens pixels `p..p + m` of `rows` into `stage` (16-bit storage).
-#[inline(always)]
-fn widen<T: Element>(rows: &[&[T]], p: usize, m: usize, stage: &mut [Vec<f32>]) {
-    for (st, row) in stage.iter_mut().zip(rows) {
-        T::load_f32(&row[p..p + m], &mut st[..m]);
-    }
-}
-
-/// The `depth` rows of pixels `p0..p0 + n` of plane pair `bc`.
-fn plane_rows<T>(t: &[T], bc: usize, depth: usize, pixels: usize, p0: usize, n: usize) -> Vec<&[T]> {
-    (0..depth)
-        .map(|d| &t[(bc * depth + d) * pixels + p0..][..n])
-        .collect()
 }
 
 struct Pass<'a, T> {
@@ -212,79 +155,72 @@ struct Pass<'a, T> {
     stream: bool,
 }
 
+/// The `depth` rows of pixels `p0..p0 + n` of plane pair `bc`.
+fn plane_rows<T>(t: &[T], bc: usize, depth: usize, pixels: usize, p0: usize, n: usize) -> Vec<&[T]> {
+    (0..depth)
+        .map(|d| &t[(bc * depth + d) * pixels + p0..][..n])
+        .collect()
+}
+
 #[inline(always)]
-fn item<F: Tier, T: Element, const D: usize>(
+fn item<F: Tier, T: Element, const UNUSED: usize>(
     a: &Pass<'_, T>,
     i: usize,
     partial: Option<&mut [f64]>,
 ) {
     let dims = &a.dims.input;
     let (depth, pixels, ntaps) = (dims.depth, dims.pixels, a.dims.taps);
+    let r = ntaps / 2;
     let (bc, chunk) = (i / a.chunks, i % a.chunks);
     let c = bc % dims.channels;
     let taps = &a.taps[c * ntaps..(c + 1) * ntaps];
     let p0 = chunk * CHUNK_PIXELS;
     let n = CHUNK_PIXELS.min(pixels - p0);
-    let in_rows = plane_rows(a.input, bc, depth, pixels, p0, n);
-    let x_rows = a
+    let mut input = SliceRows::new(plane_rows(a.input, bc, depth, pixels, p0, n), ntaps);
+    let mut x = a
         .x
         .filter(|_| partial.is_some())
-        .map(|x| plane_rows(x, bc, depth, pixels, p0, n));
+        .map(|x| SliceRows::new(plane_rows(x, bc, depth, pixels, p0, n), ntaps));
     // SAFETY: the output holds B*C*D*P elements (checked by the caller) and item `i` is the only
     // one writing pixels p0..p0+n of plane pair `bc`.
     let mut out_rows = a.out.map(|o| unsafe { o.rows_mut(bc, depth, pixels, p0, n) });
-    let tile = tile_pixels(depth);
-    let mut acc = vec![[0.0f32; LANES]; if partial.is_some() { ntaps } else { 0 }];
-    let mut writer = RowWriter::<F, T>::new(a.stream, tile);
-    // f32 storage: the kernels read the rows in place; 16-bit rows are widened per tile.
-    let in32 = f32_rows(&in_rows);
-    let x32 = x_rows.as_deref().and_then(f32_rows);
-    let stage_rows = |wanted: bool| vec![vec![0.0f32; if wanted { tile } else { 0 }]; depth];
-    let mut stage_in = stage_rows(in32.is_none());
-    let mut stage_x = stage_rows(x_rows.is_some() && x32.is_none());
-    // f32 with plain stores: outputs are written straight into their rows.
-    let want_out = out_rows.is_some();
-    let direct_mode = want_out && in32.is_some() && !a.stream;
-    let mut direct: Option<Vec<&mut [f32]>> = if direct_mode {
-        out_rows
-            .take()
-            .map(|rows| rows.into_iter().filter_map(|r| T::as_f32_mut(r)).collect())
-    } else {
-        None
-    };
-    let mut stage_out = stage_rows(want_out && !direct_mode);
-    let mut p = 0;
-    while p < n {
-        let m = tile.min(n - p);
-        if in32.is_none() {
-            widen(&in_rows, p, m, &mut stage_in);
+    let staged_out = a.stream || T::as_f32(&[]).is_none();
+    let mut tile = vec![0.0f32; if staged_out && out_rows.is_some() { TILE } else { 0 }];
+    let mut writer = RowWriter::<F, T>::new(a.stream, TILE);
+    let mut acc = vec![[0.0f32; LANES]; if x.is_some() { ntaps } else { 0 }];
+    for k in 0..depth {
+        let (lo, hi) = (k.saturating_sub(r), (k + r + 1).min(depth));
+        input.fetch(lo, hi);
+        if let Some(x) = x.as_mut() {
+            x.fetch(lo, hi);
         }
-        if let Some(out) = direct.as_mut() {
-            match &in32 {
-                Some(src) => convolve_tile::<F, D, _, _>(taps, src, p, out, p, m),
-                None => convolve_tile::<F, D, _, _>(taps, &stage_in, 0, out, p, m),
-            }
-        } else if let Some(out_rows) = out_rows.as_mut() {
-            match &in32 {
-                Some(src) => convolve_tile::<F, D, _, _>(taps, src, p, &mut stage_out, 0, m),
-                None => convolve_tile::<F, D, _, _>(taps, &stage_in, 0, &mut stage_out, 0, m),
-            }
-            for (o, row) in stage_out.iter().zip(out_rows.iter_mut()) {
-                writer.write(&o[..m], &mut row[p..p + m]);
+        if let Some(rows) = out_rows.as_mut() {
+            let terms: Vec<(f32, &[f32])> = tap_range(k, ntaps, depth)
+                .map(|t| (taps[t], input.get(k + t - r)))
+                .collect();
+            let row = &mut rows[k];
+            match T::as_f32_mut(row) {
+                Some(out) if !staged_out => mix_terms::<F>(&terms, out),
+                _ => {
+                    let mut p = 0;
+                    while p < n {
+                        let m = TILE.min(n - p);
+                        let cut: Vec<(f32, &[f32])> =
+                            terms.iter().map(|&(cf, s)| (cf, &s[p..p + m])).collect();
+                        mix_terms::<F>(&cut, &mut tile[..m]);
+                        writer.write(&tile[..m], &mut row[p..p + m]);
+                        p += m;
+                    }
+                }
             }
         }
-        if let Some(x_rows) = x_rows.as_ref() {
-            if x32.is_none() {
-                widen(x_rows, p, m, &mut stage_x);
-            }
-            match (&x32, &in32) {
-                (Some(x), Some(g)) => accumulate_dv::<F, D, _, _>(x, p, g, p, &mut acc, m),
-                (Some(x), None) => accumulate_dv::<F, D, _, _>(x, p, &stage_in, 0, &mut acc, m),
-                (None, Some(g)) => accumulate_dv::<F, D, _, _>(&stage_x, 0, g, p, &mut acc, m),
-                (None, None) => accumulate_dv::<F, D, _, _>(&stage_x, 0, &stage_in, 0, &mut acc, m),
+        if let Some(x) = x.as_ref() {
+            let g = input.get(k);
+            for t in tap_range(k, ntaps, depth) {
+                let d = dot_lanes::<F>(x.get(k + t - r), g);
+                acc[t] = std::array::from_fn(|l| acc[t][l] + d[l]);
             }
         }
-        p += m;
     }
     writer.finish();
     if let Some(partial) = partial {
@@ -306,7 +242,6 @@ fn channel_taps(v: &[f32], taps: usize, channels: usize, reversed: bool) -> Vec<
     }
     out
 }
-
 /// `y = depth_conv(x, v)`; `v` is `[K, C]` widened to f32, lengths checked by the caller.
 pub(crate) fn forward<T: Element>(dims: &DepthConvDims, x: &[T], v: &[f32], y: &mut [T]) {
     let taps = channel_taps(v, dims.taps, dims.input.channels, false);
@@ -321,8 +256,7 @@ pub(crate) fn forward<T: Element>(dims: &DepthConvDims, x: &[T], v: &[f32], y: &
         x: None,
     };
     let isa: Isa = active_isa();
-    let run: fn(Isa, &Pass<'_, T>, usize, Option<&mut [f64]>) =
-        by_depth!(dims.input.depth, item_entry::<T>);
+    let run: fn(Isa, &Pass<'_, T>, usize, Option<&mut [f64]>) = item_entry::<T, 0>;
     let items = dims.input.batch * dims.input.channels * chunks;
     (0..items)
         .into_par_iter()
@@ -351,8 +285,7 @@ pub(crate) fn backward<T: Element>(
         x: dv.is_some().then_some(x),
     };
     let isa: Isa = active_isa();
-    let run: fn(Isa, &Pass<'_, T>, usize, Option<&mut [f64]>) =
-        by_depth!(dims.input.depth, item_entry::<T>);
+    let run: fn(Isa, &Pass<'_, T>, usize, Option<&mut [f64]>) = item_entry::<T, 0>;
     let items = dims.input.batch * channels * chunks;
     let Some(dv) = dv else {
         (0..items)
