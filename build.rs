@@ -60,7 +60,11 @@ fn main() {
             let report = out.join(format!("{stem}.ptxas.txt"));
             cuda::compile_fatbin(&nvcc, &source, &[root.join("kernels")], &fatbin, &report)
                 .unwrap_or_else(|e| {
-                    panic!("compiling {} with {}: {e}", source.display(), nvcc.display())
+                    panic!(
+                        "compiling {} with {}: {e}",
+                        source.display(),
+                        nvcc.display()
+                    )
                 });
             let _ = writeln!(
                 table,

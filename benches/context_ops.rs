@@ -49,7 +49,10 @@ fn bench_context_ops(c: &mut Criterion) {
             let thickness = vec![5.0; shape[0]];
             let shifts = [
                 ("tsm", Shift::tsm(8).unwrap()),
-                ("alignshift", Shift::align_shift(&thickness, 2.0, false, 8).unwrap()),
+                (
+                    "alignshift",
+                    Shift::align_shift(&thickness, 2.0, false, 8).unwrap(),
+                ),
             ];
             for (op, shift) in &shifts {
                 g.bench_function(format!("{op}_forward"), |b| {
@@ -59,18 +62,24 @@ fn bench_context_ops(c: &mut Criterion) {
                     b.iter(|| shift.backward_into(&dy, &mut dx).unwrap())
                 });
             }
-            let v = depthconv::init_weights(3, shape[1], 2).unwrap().to_dtype(dtype);
+            let v = depthconv::init_weights(3, shape[1], 2)
+                .unwrap()
+                .to_dtype(dtype);
             let mut dv = Tensor::zeros(v.shape(), dtype).unwrap();
             g.bench_function("depthconv_forward", |b| {
                 b.iter(|| depthconv::forward_into(&x, &v, &mut y).unwrap())
             });
-            let w = fusion::init_weights(shape[2], shape[1], 3).unwrap().to_dtype(dtype);
+            let w = fusion::init_weights(shape[2], shape[1], 3)
+                .unwrap()
+                .to_dtype(dtype);
             g.bench_function("fusion_forward", |b| {
                 b.iter(|| fusion::forward_into(&x, &w, &mut y).unwrap())
             });
             g.throughput(Throughput::Bytes(3 * bytes as u64));
             g.bench_function("depthconv_backward_dx_dv", |b| {
-                b.iter(|| depthconv::backward_into(&x, &v, &dy, Some(&mut dx), Some(&mut dv)).unwrap())
+                b.iter(|| {
+                    depthconv::backward_into(&x, &v, &dy, Some(&mut dx), Some(&mut dv)).unwrap()
+                })
             });
             g.bench_function("depthconv_backward_dx", |b| {
                 b.iter(|| depthconv::backward(&x, &v, &dy, Grads::INPUT).unwrap())

@@ -12,8 +12,9 @@
 #
 # run OUTDIR: every step under `timeout`, the whole run inside GPU_CHECK_BUDGET_S (default 280 s;
 #   GPU_CHECK_MEMCHECK_ARGS adds libtest arguments to the memcheck run):
-#   nvidia-smi; gpu-check/bin/test-cuda; `a3d bench fusion --device cuda` (JSON lines);
-#   bench/gpu/torch_peer.py (PyTorch einsum peer); compute-sanitizer memcheck (all of test-cuda)
+#   nvidia-smi; gpu-check/bin/test-cuda; `a3d bench fusion|tsm|alignshift|depthconv --device
+#   cuda` (JSON lines); bench/gpu/torch_peer.py (PyTorch einsum peer) and
+#   bench/torch_context_ops.py (the symmetric operators in PyTorch); compute-sanitizer memcheck (all of test-cuda)
 #   and racecheck (tests named *sanitizer*); the other test-* binaries; then
 #   bench/gpu/make_report.py. A failing step is recorded and the run goes on. OUTDIR gets at most
 #   5 files (the device tool returns 8): gpu-report.md, summary.json, a3d-bench.jsonl,
@@ -84,7 +85,7 @@ for p in m["packages"]:
   python3 - "$json" "$BIN" "$CHECK_DIR" <<'PY'
 import json, os, re, shutil, sys
 src, bindir, checkdir = sys.argv[1:4]
-copied, ptxas = {}, None
+copied, ptxas = {}, []
 for line in open(src):
     line = line.strip()
     if not line.startswith("{"):
@@ -94,9 +95,11 @@ for line in open(src):
     # "path+file:///…#a3d@0.1.0" (cargo >= 1.77) or "a3d 0.1.0 (path+file:///…)"
     is_a3d = re.search(r"(#|^)a3d[@ ]", pkg) is not None
     if m.get("reason") == "build-script-executed" and is_a3d:
-        p = os.path.join(m.get("out_dir", ""), "fusion.ptxas.txt")
-        if os.path.isfile(p):
-            ptxas = p
+        # One report per kernels/<module>.cu.
+        out = m.get("out_dir", "")
+        found = sorted(f for f in os.listdir(out) if f.endswith(".ptxas.txt")) if os.path.isdir(out) else []
+        if found:
+            ptxas = [os.path.join(out, f) for f in found]
     if m.get("reason") != "compiler-artifact" or not m.get("executable"):
         continue
     t = m["target"]
@@ -118,8 +121,11 @@ if "a3d" not in copied:
 if "test-cuda" not in copied:
     print("gpu-check: WARNING: no tests/cuda.rs test target was built (test-cuda missing)", file=sys.stderr)
 if ptxas:
-    shutil.copy2(ptxas, os.path.join(checkdir, "ptxas.txt"))
-    print(f"  ptxas.txt          <- {ptxas}")
+    with open(os.path.join(checkdir, "ptxas.txt"), "w") as out:
+        for p in ptxas:
+            out.write(f"== {os.path.basename(p)}\n")
+            out.write(open(p).read())
+    print(f"  ptxas.txt          <- {', '.join(ptxas)}")
 PY
   rm -f "$json"
 
@@ -375,15 +381,23 @@ run_check() {
     log "test-cuda: missing"
   fi
 
-  # 3. a3d benchmark (JSON lines)
+  # 3. a3d benchmark (JSON lines): fusion, then the symmetric operators
   if [ -f "$BIN/a3d" ]; then
-    step a3d-bench bench 75 a3d-bench.jsonl a3d-bench.err \
-      "$BIN/a3d" bench fusion --device cuda --dtype "$DTYPES" "${SHAPES[@]}" --runs "$RUNS" --json
+    step a3d-bench bench 90 a3d-bench.jsonl a3d-bench.err bash -c '
+      bin=$1; shift
+      for op in fusion tsm alignshift depthconv; do
+        "$bin" bench "$op" --device cuda "$@" --json || exit $?
+      done' bench "$BIN/a3d" --dtype "$DTYPES" "${SHAPES[@]}" --runs "$RUNS"
   fi
 
-  # 4. PyTorch peer
-  step torch-peer peer 75 torch-peer.jsonl torch-peer.err \
-    python3 bench/gpu/torch_peer.py "${SHAPES[@]}" --dtype "$DTYPES" --runs "$RUNS" --json
+  # 4. PyTorch peers: the einsum, then the PyTorch implementations of the symmetric operators
+  step torch-peer peer 100 torch-peer.jsonl torch-peer.err bash -c '
+      runs=$1 dtypes=$2; shift 2
+      python3 bench/gpu/torch_peer.py "$@" --dtype "$dtypes" --runs "$runs" --json || exit $?
+      for op in tsm alignshift depthconv; do
+        python3 bench/torch_context_ops.py --op "$op" --device cuda "$@" --dtype "$dtypes" \
+          --runs "$runs" || exit $?
+      done' peer "$RUNS" "$DTYPES" "${SHAPES[@]}"
 
   # 5. compute-sanitizer: memcheck on all of test-cuda, racecheck on tests named *sanitizer*
   local cs
@@ -405,6 +419,18 @@ run_check() {
       fi
       step racecheck sanitizer 90 racecheck.log racecheck.log \
         "$cs" --tool racecheck --error-exitcode 86 --print-limit 50 "$BIN/test-cuda" --test-threads=1 "${filter[@]}"
+      # The symmetric operators' kernels: memcheck of their reference tests, racecheck of the
+      # depth convolution (its weight gradient reduces through shared memory).
+      local t
+      for t in shift depthconv; do
+        [ -f "$BIN/test-$t" ] || continue
+        step "memcheck-$t" sanitizer 45 "memcheck-$t.log" "memcheck-$t.log" \
+          "$cs" --tool memcheck --error-exitcode 86 --print-limit 50 "$BIN/test-$t" --test-threads=1 every_backend
+      done
+      if [ -f "$BIN/test-depthconv" ]; then
+        step racecheck-depthconv sanitizer 45 racecheck-depthconv.log racecheck-depthconv.log \
+          "$cs" --tool racecheck --error-exitcode 86 --print-limit 50 "$BIN/test-depthconv" --test-threads=1 every_backend
+      fi
     else
       log "compute-sanitizer not found"
       record memcheck sanitizer missing "-" 0 "-" "compute-sanitizer (not found on PATH or under /usr/local/cuda*)"
@@ -412,7 +438,8 @@ run_check() {
     fi
   fi
 
-  # 6. the other test binaries (CPU tests, the library's unit tests)
+  # 6. the other test binaries (CPU tests, the library's unit tests, and tests/shift.rs,
+  #    tests/depthconv.rs and tests/torch_parity.rs, which run every op on the GPU too)
   local b
   for b in "$BIN"/test-*; do
     [ -f "$b" ] || continue

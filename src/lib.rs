@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backend;
 #[cfg(feature = "candle")]
 pub mod candle;
 #[cfg(feature = "candle-cuda")]
@@ -44,7 +45,6 @@ mod error;
 pub(crate) mod kernel_params;
 mod ops;
 pub mod rng;
-pub mod backend;
 pub mod selftest;
 pub mod tensor;
 

@@ -206,7 +206,11 @@ pub fn run_shift(backend: &dyn ShiftBackend, seed: u64) -> Vec<Check> {
         let thickness: Vec<f32> = (0..shape[0]).map(|b| [5.0, 1.0, 3.0][b % 3]).collect();
         let th64: Vec<f64> = thickness.iter().map(|&t| t as f64).collect();
         let cases = [
-            ("tsm", Shift::tsm(fold_div), ShiftProblem::tsm(shape, fold_div)),
+            (
+                "tsm",
+                Shift::tsm(fold_div),
+                ShiftProblem::tsm(shape, fold_div),
+            ),
             (
                 "alignshift",
                 Shift::align_shift(&thickness, 2.0, true, fold_div),
@@ -223,14 +227,38 @@ pub fn run_shift(backend: &dyn ShiftBackend, seed: u64) -> Vec<Check> {
                     (s, x, dy) => {
                         let e = s.clone().err().or(x.err()).or(dy.err());
                         let e = e.unwrap_or(crate::Error::Unavailable("setup".into()));
-                        checks.push(measured(backend.name(), op, "setup", dtype, shape, Err(e), &[]));
+                        checks.push(measured(
+                            backend.name(),
+                            op,
+                            "setup",
+                            dtype,
+                            shape,
+                            Err(e),
+                            &[],
+                        ));
                         continue;
                     }
                 };
                 let y = backend.shift_forward(shift, &x);
-                checks.push(measured(backend.name(), op, "forward", dtype, shape, y, &problem.forward(&x.to_f64_vec())));
+                checks.push(measured(
+                    backend.name(),
+                    op,
+                    "forward",
+                    dtype,
+                    shape,
+                    y,
+                    &problem.forward(&x.to_f64_vec()),
+                ));
                 let dx = backend.shift_backward(shift, &dy);
-                checks.push(measured(backend.name(), op, "grad_input", dtype, shape, dx, &problem.backward(&dy.to_f64_vec())));
+                checks.push(measured(
+                    backend.name(),
+                    op,
+                    "grad_input",
+                    dtype,
+                    shape,
+                    dx,
+                    &problem.backward(&dy.to_f64_vec()),
+                ));
             }
         }
     }
@@ -250,30 +278,67 @@ pub fn run_depthconv(backend: &dyn DepthConvBackend, seed: u64) -> Vec<Check> {
                 let setup = (|| -> Result<(DepthConvDims, Tensor, Tensor, Tensor)> {
                     let input = FusionDims::from_input_shape(&shape)?;
                     let x = Tensor::from_f32(&rng.vec_f32(input.len(), -1.0, 1.0), &shape, dtype)?;
-                    let v = depthconv::init_weights(taps, shape[1], rng.next_u64())?.to_dtype(dtype);
+                    let v =
+                        depthconv::init_weights(taps, shape[1], rng.next_u64())?.to_dtype(dtype);
                     let dy = Tensor::from_f32(&rng.vec_f32(input.len(), -1.0, 1.0), &shape, dtype)?;
                     Ok((DepthConvDims { input, taps }, x, v, dy))
                 })();
                 let (dims, x, v, dy) = match setup {
                     Ok(s) => s,
                     Err(e) => {
-                        checks.push(measured(backend.name(), "depthconv", "setup", dtype, shape, Err(e), &[]));
+                        checks.push(measured(
+                            backend.name(),
+                            "depthconv",
+                            "setup",
+                            dtype,
+                            shape,
+                            Err(e),
+                            &[],
+                        ));
                         continue;
                     }
                 };
                 let (xf, vf, dyf) = (x.to_f64_vec(), v.to_f64_vec(), dy.to_f64_vec());
                 let y = backend.depthconv_forward(&x, &v);
-                checks.push(measured(backend.name(), "depthconv", "forward", dtype, shape, y, &dref::forward(&dims, &xf, &vf)));
+                checks.push(measured(
+                    backend.name(),
+                    "depthconv",
+                    "forward",
+                    dtype,
+                    shape,
+                    y,
+                    &dref::forward(&dims, &xf, &vf),
+                ));
                 let (dx, dv) = match backend.depthconv_backward(&x, &v, &dy, Grads::BOTH) {
-                    Ok(Gradients { dx: Some(dx), dw: Some(dv) }) => (Ok(dx), Ok(dv)),
+                    Ok(Gradients {
+                        dx: Some(dx),
+                        dw: Some(dv),
+                    }) => (Ok(dx), Ok(dv)),
                     Ok(_) => {
-                        let missing = crate::Error::Unavailable("backward returned no gradient".into());
+                        let missing =
+                            crate::Error::Unavailable("backward returned no gradient".into());
                         (Err(missing.clone()), Err(missing))
                     }
                     Err(e) => (Err(e.clone()), Err(e)),
                 };
-                checks.push(measured(backend.name(), "depthconv", "grad_input", dtype, shape, dx, &dref::grad_input(&dims, &vf, &dyf)));
-                checks.push(measured(backend.name(), "depthconv", "grad_weight", dtype, shape, dv, &dref::grad_weight(&dims, &xf, &dyf)));
+                checks.push(measured(
+                    backend.name(),
+                    "depthconv",
+                    "grad_input",
+                    dtype,
+                    shape,
+                    dx,
+                    &dref::grad_input(&dims, &vf, &dyf),
+                ));
+                checks.push(measured(
+                    backend.name(),
+                    "depthconv",
+                    "grad_weight",
+                    dtype,
+                    shape,
+                    dv,
+                    &dref::grad_weight(&dims, &xf, &dyf),
+                ));
             }
         }
     }

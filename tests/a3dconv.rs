@@ -6,8 +6,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use a3d::a3dconv::{self, reference, A3dConv, Conv2dParams, Gradients, Grads};
-use a3d::TensorInfo;
 use a3d::rng::SplitMix64;
+use a3d::TensorInfo;
 use a3d::{DType, Error, Tensor};
 
 /// Unit roundoff of f32.

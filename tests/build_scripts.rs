@@ -2,6 +2,5 @@
 //! report parser behind the no-spill check). A build-script module is not a test target of its
 //! own, so this file compiles it as one; it needs no toolkit.
 
-#[allow(dead_code)]
 #[path = "../build/cuda.rs"]
 mod cuda;

@@ -4,8 +4,8 @@
 //! reference parameter names, and errors.
 #![cfg(feature = "candle")]
 
-use a3d::candle::{align_shift, depth_conv, tsm, ContextConv, ContextConvConfig, ContextFusion};
 use a3d::candle::A3dConvConfig;
+use a3d::candle::{align_shift, depth_conv, tsm, ContextConv, ContextConvConfig, ContextFusion};
 use a3d::fusion::Grads;
 use a3d::rng::SplitMix64;
 use a3d::shift::Shift;
@@ -42,7 +42,10 @@ fn random(rng: &mut SplitMix64, shape: &[usize], dtype: CDType) -> candle_core::
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: {g} vs {w}");
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}[{i}]: {g} vs {w}"
+        );
     }
 }
 
@@ -66,7 +69,9 @@ fn shifts_through_autograd_equal_a3d() -> R {
         for (y, shift) in cases {
             let want_y = shift.forward(&to_a3d(x.as_tensor(), ad)).unwrap();
             assert_close("y", &values(&y), &want_y.to_f32_vec(), 0.0);
-            let grads = (y.to_dtype(CDType::F32)? * g.to_dtype(CDType::F32)?)?.sum_all()?.backward()?;
+            let grads = (y.to_dtype(CDType::F32)? * g.to_dtype(CDType::F32)?)?
+                .sum_all()?
+                .backward()?;
             let dx = grads.get(x.as_tensor()).expect("dx");
             let want = shift.backward(&to_a3d(&g, ad)).unwrap();
             assert_close("dx", &values(dx), &want.to_f32_vec(), 1e-2);
@@ -84,18 +89,41 @@ fn shifts_through_autograd_equal_a3d() -> R {
 fn depth_conv_through_autograd_equals_a3d() -> R {
     let mut rng = SplitMix64::new(2);
     let shape = [2, 3, 7, 5, 4];
-    for (dtype, tol) in [(CDType::F32, 1e-5), (CDType::F16, 2e-2), (CDType::BF16, 8e-2)] {
+    for (dtype, tol) in [
+        (CDType::F32, 1e-5),
+        (CDType::F16, 2e-2),
+        (CDType::BF16, 8e-2),
+    ] {
         let ad = a3d_dtype(dtype);
         let x = Var::from_tensor(&random(&mut rng, &shape, dtype)?)?;
         let v = Var::from_tensor(&random(&mut rng, &[3, 3], dtype)?)?;
         let g = random(&mut rng, &shape, dtype)?;
         let y = depth_conv(x.as_tensor(), v.as_tensor())?;
-        let (xa, va, ga) = (to_a3d(x.as_tensor(), ad), to_a3d(v.as_tensor(), ad), to_a3d(&g, ad));
-        assert_close("y", &values(&y), &depthconv::forward(&xa, &va).unwrap().to_f32_vec(), tol);
+        let (xa, va, ga) = (
+            to_a3d(x.as_tensor(), ad),
+            to_a3d(v.as_tensor(), ad),
+            to_a3d(&g, ad),
+        );
+        assert_close(
+            "y",
+            &values(&y),
+            &depthconv::forward(&xa, &va).unwrap().to_f32_vec(),
+            tol,
+        );
         let grads = (y * &g)?.sum_all()?.backward()?;
         let want = depthconv::backward(&xa, &va, &ga, Grads::BOTH).unwrap();
-        assert_close("dx", &values(grads.get(x.as_tensor()).expect("dx")), &want.dx.unwrap().to_f32_vec(), tol);
-        assert_close("dv", &values(grads.get(v.as_tensor()).expect("dv")), &want.dw.unwrap().to_f32_vec(), tol);
+        assert_close(
+            "dx",
+            &values(grads.get(x.as_tensor()).expect("dx")),
+            &want.dx.unwrap().to_f32_vec(),
+            tol,
+        );
+        assert_close(
+            "dv",
+            &values(grads.get(v.as_tensor()).expect("dv")),
+            &want.dw.unwrap().to_f32_vec(),
+            tol,
+        );
     }
     Ok(())
 }
@@ -121,7 +149,10 @@ fn context_conv_gradients_match_finite_differences() -> R {
         let thickness = [5.0f32, 2.5];
         let loss = |x: &Tensor| -> candle_core::Result<f64> {
             let y = l.forward_with_thickness(x, Some(&thickness))?;
-            (y.to_dtype(CDType::F32)? * &g)?.sum_all()?.to_dtype(CDType::F64)?.to_scalar::<f64>()
+            (y.to_dtype(CDType::F32)? * &g)?
+                .sum_all()?
+                .to_dtype(CDType::F64)?
+                .to_scalar::<f64>()
         };
         let y = l.forward_with_thickness(x.as_tensor(), Some(&thickness))?;
         let grads = (y.to_dtype(CDType::F32)? * &g)?.sum_all()?.backward()?;
@@ -150,19 +181,28 @@ fn context_conv_names_and_errors() -> R {
     let map = VarMap::new();
     let _ = layer(ContextFusion::A3d, &map)?;
     let names: Vec<String> = map.data().lock().unwrap().keys().cloned().collect();
-    assert!(names.contains(&"adaptive_align_weights".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"adaptive_align_weights".to_string()),
+        "{names:?}"
+    );
     let map = VarMap::new();
     let l = layer(ContextFusion::DepthConv { taps: 3 }, &map)?;
     let v = values(l.depth_conv_weights().expect("weights"));
     // Centre taps start at 1 + U(-0.1, 0.1), the others at U(-0.1, 0.1).
     assert!(v[8..16].iter().all(|&c| (0.9..=1.1).contains(&c)), "{v:?}");
-    assert!(v[..8].iter().chain(&v[16..]).all(|&c| c.abs() <= 0.1), "{v:?}");
+    assert!(
+        v[..8].iter().chain(&v[16..]).all(|&c| c.abs() <= 0.1),
+        "{v:?}"
+    );
     let map = VarMap::new();
     let l = layer(ContextFusion::from_name("alignshift").expect("known"), &map)?;
     let x = Tensor::zeros((1, 8, 5, 4, 4), CDType::F32, &Device::Cpu)?;
     let e = l.forward(&x).unwrap_err().to_string();
     assert!(e.contains("thickness"), "{e}");
-    let e = l.forward_with_thickness(&x, Some(&[-1.0])).unwrap_err().to_string();
+    let e = l
+        .forward_with_thickness(&x, Some(&[-1.0]))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("thickness"), "{e}");
     assert!(layer(ContextFusion::DepthConv { taps: 2 }, &VarMap::new()).is_err());
     assert!(layer(ContextFusion::Tsm { fold_div: 0 }, &VarMap::new()).is_err());

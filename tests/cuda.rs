@@ -6,10 +6,10 @@
 //! runs them under compute-sanitizer racecheck.
 #![cfg(feature = "cuda")]
 
+use a3d::backend::FusionBackend;
 use a3d::cuda::{CudaDevice, CudaTensor};
 use a3d::fusion::{self, reference, FusionDims, Grads};
 use a3d::rng::SplitMix64;
-use a3d::backend::FusionBackend;
 use a3d::selftest;
 use a3d::{DType, Error, Tensor};
 use std::io::Write;

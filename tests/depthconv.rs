@@ -57,7 +57,9 @@ fn every_backend_matches_the_reference() {
                         continue;
                     }
                     let y = backend.depthconv_forward(&x, &v).unwrap();
-                    let g = backend.depthconv_backward(&x, &v, &dy, Grads::BOTH).unwrap();
+                    let g = backend
+                        .depthconv_backward(&x, &v, &dy, Grads::BOTH)
+                        .unwrap();
                     let got = [y, g.dx.unwrap(), g.dw.unwrap()];
                     for (pass, (got, want)) in ["forward", "grad_input", "grad_weight"]
                         .iter()
@@ -90,7 +92,11 @@ fn reference_gradients_match_finite_differences() {
         let g: Vec<f64> = (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect();
         let v: Vec<f64> = (0..taps * 3).map(|_| rng.uniform(-1.0, 1.0)).collect();
         let loss = |x: &[f64], v: &[f64]| -> f64 {
-            reference::forward(&d, x, v).iter().zip(&g).map(|(a, b)| a * b).sum()
+            reference::forward(&d, x, v)
+                .iter()
+                .zip(&g)
+                .map(|(a, b)| a * b)
+                .sum()
         };
         let dx = reference::grad_input(&d, &v, &g);
         let dv = reference::grad_weight(&d, &x, &g);
@@ -100,14 +106,22 @@ fn reference_gradients_match_finite_differences() {
             xp[i] += h;
             xm[i] -= h;
             let fd = (loss(&xp, &v) - loss(&xm, &v)) / (2.0 * h);
-            assert!((fd - dx[i]).abs() < 1e-6, "dx[{i}] K={taps}: {fd} vs {}", dx[i]);
+            assert!(
+                (fd - dx[i]).abs() < 1e-6,
+                "dx[{i}] K={taps}: {fd} vs {}",
+                dx[i]
+            );
         }
         for i in 0..v.len() {
             let (mut vp, mut vm) = (v.clone(), v.clone());
             vp[i] += h;
             vm[i] -= h;
             let fd = (loss(&x, &vp) - loss(&x, &vm)) / (2.0 * h);
-            assert!((fd - dv[i]).abs() < 1e-6, "dv[{i}] K={taps}: {fd} vs {}", dv[i]);
+            assert!(
+                (fd - dv[i]).abs() < 1e-6,
+                "dv[{i}] K={taps}: {fd} vs {}",
+                dv[i]
+            );
         }
     }
 }
@@ -118,6 +132,8 @@ fn reference_gradients_match_finite_differences() {
 fn equals_fusion_with_the_toeplitz_matrix() {
     let mut rng = SplitMix64::new(8);
     let shape = [2, 6, 7, 5, 9];
+    // Extended only in builds with the emulation or CUDA.
+    #[allow(unused_mut)]
     let mut fusion_backends: Vec<Box<dyn FusionBackend>> = vec![Box::new(Cpu)];
     #[cfg(feature = "emulation")]
     fusion_backends.push(Box::new(a3d::backend::Emulated::default()));
@@ -134,9 +150,16 @@ fn equals_fusion_with_the_toeplitz_matrix() {
         for fb in &fusion_backends {
             let fy = fb.forward(&x, &w).unwrap().to_f64_vec();
             let fg = fb.backward(&x, &w, &dy, Grads::BOTH).unwrap();
-            assert!(relative_error(&y, &fy) < 1e-6, "{} forward K={taps}", fb.name());
+            assert!(
+                relative_error(&y, &fy) < 1e-6,
+                "{} forward K={taps}",
+                fb.name()
+            );
             let fdx = fg.dx.unwrap().to_f64_vec();
-            assert!(relative_error(&g.dx.clone().unwrap().to_f64_vec(), &fdx) < 1e-6, "dx K={taps}");
+            assert!(
+                relative_error(&g.dx.clone().unwrap().to_f64_vec(), &fdx) < 1e-6,
+                "dx K={taps}"
+            );
             // dv[t, c] = sum over the band's diagonal t of dw[d, k, c].
             let fdw = fg.dw.unwrap().to_f64_vec();
             let r = taps / 2;
@@ -151,7 +174,11 @@ fn equals_fusion_with_the_toeplitz_matrix() {
                 }
             }
             let dv = g.dw.clone().unwrap().to_f64_vec();
-            assert!(relative_error(&dv, &band) < 1e-5, "{} dv K={taps}", fb.name());
+            assert!(
+                relative_error(&dv, &band) < 1e-5,
+                "{} dv K={taps}",
+                fb.name()
+            );
         }
     }
 }
@@ -194,9 +221,15 @@ fn bad_arguments_are_typed_errors() {
         Error::InvalidArgument { arg: "taps", .. }
     ));
     let wrong_c = Tensor::zeros(&[3, 5], DType::F32).unwrap();
-    assert!(matches!(depthconv::forward(&x, &wrong_c).unwrap_err(), Error::Shape { arg: "v", .. }));
+    assert!(matches!(
+        depthconv::forward(&x, &wrong_c).unwrap_err(),
+        Error::Shape { arg: "v", .. }
+    ));
     let rank = Tensor::zeros(&[3, 4, 1], DType::F32).unwrap();
-    assert!(matches!(depthconv::forward(&x, &rank).unwrap_err(), Error::Rank { arg: "v", .. }));
+    assert!(matches!(
+        depthconv::forward(&x, &rank).unwrap_err(),
+        Error::Rank { arg: "v", .. }
+    ));
     let v16 = v.to_dtype(DType::F16);
     assert!(matches!(
         depthconv::forward(&x, &v16).unwrap_err(),
@@ -208,15 +241,31 @@ fn bad_arguments_are_typed_errors() {
         Error::Shape { arg: "dy", .. }
     ));
     let flat = Tensor::zeros(&[2, 4, 3], DType::F32).unwrap();
-    assert!(matches!(depthconv::forward(&flat, &v).unwrap_err(), Error::Rank { arg: "x", .. }));
+    assert!(matches!(
+        depthconv::forward(&flat, &v).unwrap_err(),
+        Error::Rank { arg: "x", .. }
+    ));
     for backend in depthconv_backends() {
-        assert!(backend.depthconv_forward(&x, &even).is_err(), "{}", backend.name());
-        assert!(backend.depthconv_backward(&flat, &v, &flat, Grads::BOTH).is_err());
+        assert!(
+            backend.depthconv_forward(&x, &even).is_err(),
+            "{}",
+            backend.name()
+        );
+        assert!(backend
+            .depthconv_backward(&flat, &v, &flat, Grads::BOTH)
+            .is_err());
     }
     // Empty problems: zero gradients, no panic.
     let empty = Tensor::zeros(&[0, 4, 3, 5, 5], DType::F32).unwrap();
     for backend in depthconv_backends() {
-        let g = backend.depthconv_backward(&empty, &v, &empty, Grads::BOTH).unwrap();
-        assert_eq!(g.dw.unwrap().to_f32_vec(), vec![0.0; 12], "{}", backend.name());
+        let g = backend
+            .depthconv_backward(&empty, &v, &empty, Grads::BOTH)
+            .unwrap();
+        assert_eq!(
+            g.dw.unwrap().to_f32_vec(),
+            vec![0.0; 12],
+            "{}",
+            backend.name()
+        );
     }
 }

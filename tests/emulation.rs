@@ -4,8 +4,8 @@
 //! (scalar) buffers, grids for small and large GPUs, and both thread orders.
 #![cfg(feature = "emulation")]
 
-use a3d::fusion::{self, Grads};
 use a3d::backend::{Emulated, FusionBackend};
+use a3d::fusion::{self, Grads};
 use a3d::selftest;
 use a3d::{DType, Tensor};
 

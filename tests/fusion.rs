@@ -1,9 +1,9 @@
 //! A3D fusion on the CPU against the float64 reference, finite differences, determinism and
 //! error handling.
 
+use a3d::backend::FusionBackend;
 use a3d::fusion::{self, reference, FusionDims, Grads};
 use a3d::rng::SplitMix64;
-use a3d::backend::FusionBackend;
 use a3d::selftest;
 use a3d::{DType, Error, Tensor};
 use half::{bf16, f16};

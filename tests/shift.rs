@@ -27,7 +27,10 @@ fn cases(rng: &mut SplitMix64, shape: [usize; 5]) -> Vec<(Shift, ShiftProblem)> 
     let c = shape[1];
     let mut out = Vec::new();
     for fold_div in [1, 2, 3, 8].into_iter().filter(|&f| f <= c) {
-        out.push((Shift::tsm(fold_div).unwrap(), ShiftProblem::tsm(shape, fold_div)));
+        out.push((
+            Shift::tsm(fold_div).unwrap(),
+            ShiftProblem::tsm(shape, fold_div),
+        ));
         for padding_zero in [false, true] {
             // Thicker and thinner than the reference spacing, and exactly it (alpha 0).
             let thickness: Vec<f32> = (0..shape[0])
@@ -59,8 +62,13 @@ fn every_backend_matches_the_reference() {
                     let y = backend.shift_forward(&shift, &x).unwrap();
                     let dx = backend.shift_backward(&shift, &dy).unwrap();
                     // TSM only moves values: exact in every dtype.
-                    let tol = if shift.is_align_shift() { tolerance(dtype) } else { 0.0 };
-                    for (what, got, want) in [("forward", &y, &want_y), ("backward", &dx, &want_dx)] {
+                    let tol = if shift.is_align_shift() {
+                        tolerance(dtype)
+                    } else {
+                        0.0
+                    };
+                    for (what, got, want) in [("forward", &y, &want_y), ("backward", &dx, &want_dx)]
+                    {
                         let err = relative_error(&got.to_f64_vec(), want);
                         assert!(
                             err <= tol,
@@ -88,7 +96,10 @@ fn backward_is_the_transpose_of_forward() {
         let dx = shift.backward(&dy).unwrap().to_f64_vec();
         let lhs: f64 = y.iter().zip(dy.to_f64_vec()).map(|(a, b)| a * b).sum();
         let rhs: f64 = x.to_f64_vec().iter().zip(&dx).map(|(a, b)| a * b).sum();
-        assert!((lhs - rhs).abs() <= 1e-5 * lhs.abs().max(1.0), "{shift:?}: {lhs} vs {rhs}");
+        assert!(
+            (lhs - rhs).abs() <= 1e-5 * lhs.abs().max(1.0),
+            "{shift:?}: {lhs} vs {rhs}"
+        );
     }
 }
 
@@ -98,20 +109,30 @@ fn backward_is_the_transpose_of_forward() {
 fn equals_fusion_with_the_shift_matrix() {
     let mut rng = SplitMix64::new(23);
     let shape = [1, 16, 7, 5, 9];
+    // Extended only in builds with the emulation or CUDA.
+    #[allow(unused_mut)]
     let mut fusion_backends: Vec<Box<dyn FusionBackend>> = vec![Box::new(Cpu)];
     #[cfg(feature = "emulation")]
     fusion_backends.push(Box::new(a3d::backend::Emulated::default()));
     for (shift, problem) in cases(&mut rng, shape) {
         let x = random(&shape, DType::F32, &mut rng);
         let dy = random(&shape, DType::F32, &mut rng);
-        let w: Vec<f32> = problem.fusion_weights(0).iter().map(|&v| v as f32).collect();
+        let w: Vec<f32> = problem
+            .fusion_weights(0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
         let w = Tensor::from_vec(w, &[shape[2], shape[2], shape[1]]).unwrap();
         let y = shift.forward(&x).unwrap().to_f64_vec();
         let dx = shift.backward(&dy).unwrap().to_f64_vec();
         for fb in &fusion_backends {
             let fy = fb.forward(&x, &w).unwrap().to_f64_vec();
             let fdx = fb.backward(&x, &w, &dy, Grads::INPUT).unwrap().dx.unwrap();
-            assert!(relative_error(&y, &fy) < 1e-6, "{} forward {shift:?}", fb.name());
+            assert!(
+                relative_error(&y, &fy) < 1e-6,
+                "{} forward {shift:?}",
+                fb.name()
+            );
             assert!(
                 relative_error(&dx, &fdx.to_f64_vec()) < 1e-6,
                 "{} backward {shift:?}",
@@ -150,7 +171,8 @@ fn tsm_moves_values_exactly() {
             for d in 0..3 {
                 for p in 0..2 {
                     let at = |c: usize, d: usize| (c * 3 + d) * 2 + p;
-                    let expect = |c: usize, src: Option<usize>| src.map_or(0.0, |s| stored[at(c, s)]);
+                    let expect =
+                        |c: usize, src: Option<usize>| src.map_or(0.0, |s| stored[at(c, s)]);
                     let cases = [
                         (0, expect(0, (d + 1 < 3).then_some(d + 1))),
                         (1, expect(1, d.checked_sub(1))),
@@ -202,31 +224,63 @@ fn bad_arguments_are_typed_errors() {
     invalid(Shift::tsm(0).unwrap_err(), "fold_div");
     invalid(Shift::tsm(9).unwrap().forward(&x).unwrap_err(), "fold_div");
     for t in [0.0, -1.0, f32::NAN, f32::INFINITY] {
-        invalid(Shift::align_shift(&[2.0, t], 2.0, false, 8).unwrap_err(), "thickness");
-        invalid(Shift::align_shift(&[2.0, 2.0], t, false, 8).unwrap_err(), "ref_thickness");
+        invalid(
+            Shift::align_shift(&[2.0, t], 2.0, false, 8).unwrap_err(),
+            "thickness",
+        );
+        invalid(
+            Shift::align_shift(&[2.0, 2.0], t, false, 8).unwrap_err(),
+            "ref_thickness",
+        );
     }
     let one = Shift::align_shift(&[2.0], 2.0, false, 8).unwrap();
-    assert!(matches!(one.forward(&x).unwrap_err(), Error::Shape { arg: "thickness", .. }));
+    assert!(matches!(
+        one.forward(&x).unwrap_err(),
+        Error::Shape {
+            arg: "thickness",
+            ..
+        }
+    ));
     let tsm = Shift::tsm(8).unwrap();
     let flat = Tensor::zeros(&[2, 8, 3], DType::F32).unwrap();
-    assert!(matches!(tsm.forward(&flat).unwrap_err(), Error::Rank { arg: "x", .. }));
-    assert!(matches!(tsm.backward(&flat).unwrap_err(), Error::Rank { arg: "dy", .. }));
+    assert!(matches!(
+        tsm.forward(&flat).unwrap_err(),
+        Error::Rank { arg: "x", .. }
+    ));
+    assert!(matches!(
+        tsm.backward(&flat).unwrap_err(),
+        Error::Rank { arg: "dy", .. }
+    ));
     let mut y16 = Tensor::zeros(x.shape(), DType::F16).unwrap();
     assert!(matches!(
         tsm.forward_into(&x, &mut y16).unwrap_err(),
         Error::DTypeMismatch { arg: "y", .. }
     ));
     let mut wrong = Tensor::zeros(&[2, 8, 3, 4, 4], DType::F32).unwrap();
-    assert!(matches!(tsm.forward_into(&x, &mut wrong).unwrap_err(), Error::Shape { arg: "y", .. }));
+    assert!(matches!(
+        tsm.forward_into(&x, &mut wrong).unwrap_err(),
+        Error::Shape { arg: "y", .. }
+    ));
     for backend in shift_backends() {
-        assert!(backend.shift_forward(&Shift::tsm(9).unwrap(), &x).is_err(), "{}", backend.name());
-        assert!(backend.shift_backward(&one, &x).is_err(), "{}", backend.name());
+        assert!(
+            backend.shift_forward(&Shift::tsm(9).unwrap(), &x).is_err(),
+            "{}",
+            backend.name()
+        );
+        assert!(
+            backend.shift_backward(&one, &x).is_err(),
+            "{}",
+            backend.name()
+        );
     }
     // Empty tensors are fine.
     let empty = Tensor::zeros(&[0, 8, 3, 4, 5], DType::F32).unwrap();
     assert_eq!(tsm.forward(&empty).unwrap().shape(), empty.shape());
     let no_pixels = Tensor::zeros(&[1, 8, 3, 0, 5], DType::BF16).unwrap();
     for backend in shift_backends() {
-        assert_eq!(backend.shift_forward(&tsm, &no_pixels).unwrap().shape(), no_pixels.shape());
+        assert_eq!(
+            backend.shift_forward(&tsm, &no_pixels).unwrap().shape(),
+            no_pixels.shape()
+        );
     }
 }

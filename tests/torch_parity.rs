@@ -16,11 +16,15 @@ struct Fixtures {
 }
 
 impl Fixtures {
+    /// The committed fixture file: at the build's source path, else (a test binary carried to
+    /// another machine, e.g. by scripts/gpu-check.sh) relative to the working directory.
     fn load() -> Fixtures {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/context_ops.safetensors");
-        Fixtures {
-            bytes: std::fs::read(path).expect("read the fixtures"),
-        }
+        const NAME: &str = "tests/fixtures/context_ops.safetensors";
+        let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(NAME);
+        let path = if built.is_file() { built } else { NAME.into() };
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        Fixtures { bytes }
     }
 
     fn file(&self) -> SafeTensors<'_> {
@@ -72,16 +76,28 @@ fn shifts_match_pytorch() {
     let fx = Fixtures::load();
     let mut cases = Vec::new();
     for case in ["tsm_fd8", "tsm_fd3"] {
-        let fold_div: usize = fx.meta(&format!("{case}.fold_div")).parse().expect("fold_div");
+        let fold_div: usize = fx
+            .meta(&format!("{case}.fold_div"))
+            .parse()
+            .expect("fold_div");
         cases.push((case, Shift::tsm(fold_div).expect("tsm")));
     }
     for case in ["alignshift_pz0", "alignshift_pz1"] {
         let (thickness, _) = fx.values(&format!("{case}.thickness"));
         let thickness: Vec<f32> = thickness.iter().map(|&t| t as f32).collect();
-        let fold_div: usize = fx.meta(&format!("{case}.fold_div")).parse().expect("fold_div");
-        let ref_t: f32 = fx.meta(&format!("{case}.ref_thickness")).parse().expect("ref");
+        let fold_div: usize = fx
+            .meta(&format!("{case}.fold_div"))
+            .parse()
+            .expect("fold_div");
+        let ref_t: f32 = fx
+            .meta(&format!("{case}.ref_thickness"))
+            .parse()
+            .expect("ref");
         let pz = fx.meta(&format!("{case}.padding_zero")) == "true";
-        cases.push((case, Shift::align_shift(&thickness, ref_t, pz, fold_div).expect("shift")));
+        cases.push((
+            case,
+            Shift::align_shift(&thickness, ref_t, pz, fold_div).expect("shift"),
+        ));
     }
     for (case, shift) in cases {
         let x = fx.tensor(&format!("{case}.x"), DType::F32);
@@ -95,8 +111,16 @@ fn shifts_match_pytorch() {
                 relative_error(&y.to_f64_vec(), &want_y),
                 relative_error(&dx.to_f64_vec(), &want_dx),
             );
-            assert!(ey <= F32_TOLERANCE, "{} {case} forward: {ey:e}", backend.name());
-            assert!(edx <= F32_TOLERANCE, "{} {case} backward: {edx:e}", backend.name());
+            assert!(
+                ey <= F32_TOLERANCE,
+                "{} {case} forward: {ey:e}",
+                backend.name()
+            );
+            assert!(
+                edx <= F32_TOLERANCE,
+                "{} {case} backward: {edx:e}",
+                backend.name()
+            );
         }
     }
 }
@@ -114,11 +138,17 @@ fn depth_conv_matches_pytorch() {
             .collect();
         for backend in depthconv_backends() {
             let y = backend.depthconv_forward(&x, &v).expect("forward");
-            let g = backend.depthconv_backward(&x, &v, &dy, Grads::BOTH).expect("backward");
+            let g = backend
+                .depthconv_backward(&x, &v, &dy, Grads::BOTH)
+                .expect("backward");
             let got = [y, g.dx.expect("dx"), g.dw.expect("dv")];
             for (what, (got, want)) in ["y", "dx", "dv"].iter().zip(got.iter().zip(&want)) {
                 let e = relative_error(&got.to_f64_vec(), want);
-                assert!(e <= F32_TOLERANCE, "{} {case} {what}: {e:e}", backend.name());
+                assert!(
+                    e <= F32_TOLERANCE,
+                    "{} {case} {what}: {e:e}",
+                    backend.name()
+                );
             }
         }
     }

@@ -82,6 +82,9 @@ impl Row {
             "gb_per_s": self.gbps(),
             "copy_gb_per_s": self.copy_gbps(),
         });
+        if let (true, Some(map)) = (self.device == "cpu", j.as_object_mut()) {
+            map.insert("isa".into(), a3d::cpu::active_isa().as_str().into());
+        }
         if let (Some(c), Some(gflops), Some(map)) = (self.conv, self.gflops(), j.as_object_mut()) {
             for (key, value) in [
                 ("gflops", serde_json::json!(gflops)),
@@ -240,7 +243,7 @@ pub fn fusion_cpu(shape: [usize; 5], dtype: DType, runs: usize) -> Result<Vec<Ro
 
 /// Median of `runs` GPU timings (events around each call) after two warm-up calls.
 #[cfg(feature = "cuda")]
-fn median_gpu_ms(
+pub fn median_gpu_ms(
     dev: &a3d::cuda::CudaDevice,
     runs: usize,
     mut f: impl FnMut() -> a3d::Result<()>,

@@ -127,3 +127,72 @@ pub fn context_cpu(
         row(bwd, fwd[2], bwd_bytes),
     ])
 }
+
+/// Forward and backward of `op` on a GPU, next to a device-to-device copy of x's bytes timed
+/// the same way in the same run (CUDA events, medians).
+#[cfg(feature = "cuda")]
+pub fn context_cuda(
+    dev: &a3d::cuda::CudaDevice,
+    op: ContextOp,
+    shape: [usize; 5],
+    dtype: DType,
+    runs: usize,
+) -> Result<Vec<Row>, String> {
+    use a3d::cuda::CudaTensor;
+    let s = |e: a3d::Error| e.to_string();
+    let mut rng = a3d::rng::SplitMix64::new(0x5eed);
+    let x = CudaTensor::upload(&random_tensor(&shape, dtype, &mut rng)?, dev).map_err(s)?;
+    let dy = CudaTensor::upload(&random_tensor(&shape, dtype, &mut rng)?, dev).map_err(s)?;
+    let mut y = CudaTensor::zeros(&shape, dtype, dev).map_err(s)?;
+    let mut dx = CudaTensor::zeros(&shape, dtype, dev).map_err(s)?;
+    let mut copy_dst = CudaTensor::zeros(&shape, dtype, dev).map_err(s)?;
+    let x_bytes = shape.iter().product::<usize>() * dtype.size_in_bytes();
+    let copy = crate::bench::median_gpu_ms(dev, runs, || copy_dst.copy_from(&x))?;
+    let (fwd, bwd, bwd_bytes) = match op {
+        ContextOp::Tsm | ContextOp::AlignShift => {
+            let shift = if op == ContextOp::Tsm {
+                Shift::tsm(Shift::DEFAULT_FOLD_DIV).map_err(s)?
+            } else {
+                Shift::align_shift(&vec![5.0; shape[0]], 2.0, false, Shift::DEFAULT_FOLD_DIV)
+                    .map_err(s)?
+            };
+            let f = crate::bench::median_gpu_ms(dev, runs, || {
+                a3d::shift::cuda::forward_into(&shift, &x, &mut y)
+            })?;
+            let b = crate::bench::median_gpu_ms(dev, runs, || {
+                a3d::shift::cuda::backward_into(&shift, &dy, &mut dx)
+            })?;
+            (f, b, 2 * x_bytes)
+        }
+        ContextOp::DepthConv => {
+            let v_host = depthconv::init_weights(depthconv::DEFAULT_TAPS, shape[1], 7)
+                .map_err(s)?
+                .to_dtype(dtype);
+            let v = CudaTensor::upload(&v_host, dev).map_err(s)?;
+            let mut dv = CudaTensor::zeros(v_host.shape(), dtype, dev).map_err(s)?;
+            let f = crate::bench::median_gpu_ms(dev, runs, || {
+                a3d::depthconv::cuda::forward_into(&x, &v, &mut y)
+            })?;
+            let b = crate::bench::median_gpu_ms(dev, runs, || {
+                a3d::depthconv::cuda::backward_into(&x, &v, &dy, Some(&mut dx), Some(&mut dv))
+            })?;
+            (f, b, 3 * x_bytes)
+        }
+    };
+    let row = |pass, median_ms, bytes| Row {
+        op: op.name(),
+        pass,
+        device: format!("cuda:{}", dev.ordinal()),
+        dtype,
+        shape,
+        threads: 0,
+        median_ms,
+        copy_ms: copy,
+        bytes,
+        conv: None,
+    };
+    Ok(vec![
+        row("forward", fwd, 2 * x_bytes),
+        row("backward", bwd, bwd_bytes),
+    ])
+}

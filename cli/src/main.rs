@@ -78,6 +78,9 @@ struct BenchArgs {
     /// One JSON object per line and pass instead of a table.
     #[arg(long)]
     json: bool,
+    /// Cap the CPU kernels' instruction set (to time the narrower tiers on this machine).
+    #[arg(long, value_enum)]
+    isa: Option<IsaArg>,
     #[command(flatten)]
     conv: ConvArgs,
 }
@@ -129,6 +132,13 @@ impl ConvArgs {
         .into_iter()
         .find_map(|(given, name)| given.then_some(name))
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IsaArg {
+    Baseline,
+    Avx2,
+    Avx512,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -192,6 +202,21 @@ fn main() -> ExitCode {
 
 fn run_bench(args: &BenchArgs) -> Result<(), String> {
     let dtypes = parse_dtypes(&args.dtype)?;
+    if let Some(isa) = args.isa {
+        let isa = match isa {
+            IsaArg::Baseline => a3d::cpu::Isa::Baseline,
+            IsaArg::Avx2 => a3d::cpu::Isa::Avx2,
+            IsaArg::Avx512 => a3d::cpu::Isa::Avx512,
+        };
+        if isa > a3d::cpu::detected_isa() {
+            return Err(format!(
+                "--isa {}: this CPU supports up to {}",
+                isa.as_str(),
+                a3d::cpu::detected_isa().as_str()
+            ));
+        }
+        a3d::cpu::set_isa_limit(isa);
+    }
     if args.runs == 0 {
         return Err("--runs must be at least 1".into());
     }
@@ -253,10 +278,8 @@ fn run_fusion_bench(
                     pool.install(|| bench::fusion_cpu(*shape, dtype, args.runs))?
                 }
                 #[cfg(feature = "cuda")]
-                (BenchDevice::Cuda(_), Some(_)) => {
-                    return Err("`--device cuda` times fusion only; the symmetric operators' \
-                                kernels run on GPUs (tests, selftest) but have no GPU timing yet"
-                        .into())
+                (BenchDevice::Cuda(dev), Some(op)) => {
+                    bench_context::context_cuda(dev, op, *shape, dtype, args.runs)?
                 }
                 #[cfg(feature = "cuda")]
                 (BenchDevice::Cuda(dev), None) => {

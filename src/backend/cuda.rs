@@ -53,7 +53,6 @@ impl FusionBackend for Cuda {
     }
 }
 
-
 impl ShiftBackend for Cuda {
     fn shift_forward(&self, shift: &Shift, x: &Tensor) -> Result<Tensor> {
         self.shift(shift, x, false)
@@ -69,7 +68,11 @@ impl Cuda {
         let dev = &self.device;
         let xd = CudaTensor::upload(input, dev)?;
         let mut out = CudaTensor::full(input.shape(), f32::NAN, input.dtype(), dev)?;
-        crate::shift::cuda_kernel::run_into(shift, backward, &xd, &mut out)?;
+        if backward {
+            crate::shift::cuda::backward_into(shift, &xd, &mut out)?;
+        } else {
+            crate::shift::cuda::forward_into(shift, &xd, &mut out)?;
+        }
         out.download()
     }
 }
@@ -79,7 +82,7 @@ impl DepthConvBackend for Cuda {
         let dev = &self.device;
         let (xd, vd) = (CudaTensor::upload(x, dev)?, CudaTensor::upload(v, dev)?);
         let mut y = CudaTensor::full(x.shape(), f32::NAN, x.dtype(), dev)?;
-        depthconv::cuda_kernel::forward_into(&xd, &vd, &mut y)?;
+        depthconv::cuda::forward_into(&xd, &vd, &mut y)?;
         y.download()
     }
 
@@ -103,7 +106,7 @@ impl DepthConvBackend for Cuda {
         };
         let mut dx = poisoned(grads.input, x.shape())?;
         let mut dv = poisoned(grads.weight, v.shape())?;
-        depthconv::cuda_kernel::backward_into(&xd, &vd, &dyd, dx.as_mut(), dv.as_mut())?;
+        depthconv::cuda::backward_into(&xd, &vd, &dyd, dx.as_mut(), dv.as_mut())?;
         Ok(Gradients {
             dx: dx.map(|t| t.download()).transpose()?,
             dw: dv.map(|t| t.download()).transpose()?,

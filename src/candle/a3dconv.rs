@@ -6,7 +6,9 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Module, Shape, Tenso
 use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
 use super::fuse;
-use super::storage::{candle_err, candle_tensor, contiguous, cpu_storage, host_tensor, with_cpu_storage};
+use super::storage::{
+    candle_err, candle_tensor, contiguous, cpu_storage, host_tensor, with_cpu_storage,
+};
 use crate::a3dconv::{self, Conv2dParams, Grads};
 use crate::tensor::{element_count, HostElement};
 

@@ -143,7 +143,8 @@ impl CustomOp3 for DepthConvGradOp {
         let x = host_tensor(op, "x", s1, l1)?;
         let v = host_tensor(op, "v", s2, l2)?;
         let dy = host_tensor(op, "dy", s3, l3)?;
-        let g = crate::depthconv::backward(&x, &v, &dy, Grads::BOTH).map_err(|e| candle_err(op, e))?;
+        let g =
+            crate::depthconv::backward(&x, &v, &dy, Grads::BOTH).map_err(|e| candle_err(op, e))?;
         let missing = || candle_core::Error::Msg(format!("{op}: a gradient is missing"));
         let (dx, dv) = (g.dx.ok_or_else(missing)?, g.dw.ok_or_else(missing)?);
         let len = dx.len() + dv.len();

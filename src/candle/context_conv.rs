@@ -86,7 +86,7 @@ impl ContextConv {
         conv_config.fusion = config.fusion == ContextFusion::A3d;
         let depth_weights = match config.fusion {
             ContextFusion::DepthConv { taps } => {
-                if taps % 2 == 0 {
+                if taps.is_multiple_of(2) {
                     candle_core::bail!("ContextConv: depthconv needs an odd kernel, got {taps}");
                 }
                 let name = "depth_conv_weights";

@@ -195,7 +195,8 @@ impl CustomOp3 for FusionGradOp {
             .map_err(|e| candle_err(op, e))?;
         let input = matches!(self.0, Grad::Input);
         let args = ((s1, l1), (s2, l2), (s3, l3));
-        let out = with_dtype!(xa.dtype(), T => gradient::<T>(op, input, &dims, args.0, args.1, args.2)?);
+        let out =
+            with_dtype!(xa.dtype(), T => gradient::<T>(op, input, &dims, args.0, args.1, args.2)?);
         let shape = if input {
             l1.shape().clone()
         } else {
@@ -210,4 +211,3 @@ impl CustomOp3 for FusionGradOp {
 pub fn fuse(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     x.apply_op2(w, FusionOp)
 }
-

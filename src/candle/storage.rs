@@ -59,7 +59,10 @@ pub(crate) fn info<'a>(
 
 /// The elements of `l`'s view of `data`, in row-major order: borrowed when the view is
 /// contiguous (from `start_offset`), copied element by element along the strides otherwise.
-pub(crate) fn contiguous<'a, T: Copy>(data: &'a [T], l: &Layout) -> candle_core::Result<Cow<'a, [T]>> {
+pub(crate) fn contiguous<'a, T: Copy>(
+    data: &'a [T],
+    l: &Layout,
+) -> candle_core::Result<Cow<'a, [T]>> {
     let n = l.shape().elem_count();
     if let Some((start, end)) = l.contiguous_offsets() {
         return data

@@ -245,7 +245,6 @@ macro_rules! multiversion {
 
 pub(crate) use multiversion;
 
-
 /// Selects the instantiation of `$f::<$t, D>` for a runtime depth: a constant D for 1..=16
 /// (loops fully unrolled), `D = 0` (depth read at run time) beyond.
 macro_rules! by_depth {
@@ -283,4 +282,3 @@ pub(crate) const fn depth_of<const D: usize>(runtime: usize) -> usize {
         D
     }
 }
-

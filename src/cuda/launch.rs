@@ -64,7 +64,10 @@ impl Slices for CudaTensor {
 }
 
 /// The kernel and launch configuration of a described launch on `device`.
-pub(crate) fn prepare(device: &CudaDevice, l: &KernelLaunch) -> Result<(CudaFunction, LaunchConfig)> {
+pub(crate) fn prepare(
+    device: &CudaDevice,
+    l: &KernelLaunch,
+) -> Result<(CudaFunction, LaunchConfig)> {
     let f = device.function(l.module, &l.name)?;
     Ok((
         f,

@@ -43,6 +43,8 @@ fn gpu() -> Option<a3d::backend::Cuda> {
 
 /// Every shift backend of this build.
 pub fn shift_backends() -> Vec<Box<dyn ShiftBackend>> {
+    // Extended only in builds with the emulation or CUDA.
+    #[allow(unused_mut)]
     let mut out: Vec<Box<dyn ShiftBackend>> = vec![Box::new(Cpu)];
     #[cfg(feature = "emulation")]
     out.extend(
@@ -57,6 +59,8 @@ pub fn shift_backends() -> Vec<Box<dyn ShiftBackend>> {
 
 /// Every depth-convolution backend of this build.
 pub fn depthconv_backends() -> Vec<Box<dyn DepthConvBackend>> {
+    // Extended only in builds with the emulation or CUDA.
+    #[allow(unused_mut)]
     let mut out: Vec<Box<dyn DepthConvBackend>> = vec![Box::new(Cpu)];
     #[cfg(feature = "emulation")]
     out.extend(

@@ -45,8 +45,8 @@ mod direct;
 pub mod reference;
 
 use crate::ops::fusion::{check_dtype, check_shape, FusionDims};
-use crate::TensorInfo;
 use crate::tensor::element_count;
+use crate::TensorInfo;
 use crate::{DType, Error, Result, Tensor};
 
 /// Stride, padding and dilation of the per-slice convolution, as `[rows, columns]`.

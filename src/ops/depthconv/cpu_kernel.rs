@@ -156,7 +156,14 @@ struct Pass<'a, T> {
 }
 
 /// The `depth` rows of pixels `p0..p0 + n` of plane pair `bc`.
-fn plane_rows<T>(t: &[T], bc: usize, depth: usize, pixels: usize, p0: usize, n: usize) -> Vec<&[T]> {
+fn plane_rows<T>(
+    t: &[T],
+    bc: usize,
+    depth: usize,
+    pixels: usize,
+    p0: usize,
+    n: usize,
+) -> Vec<&[T]> {
     (0..depth)
         .map(|d| &t[(bc * depth + d) * pixels + p0..][..n])
         .collect()
@@ -177,15 +184,23 @@ fn item<F: Tier, T: Element, const UNUSED: usize>(
     let p0 = chunk * CHUNK_PIXELS;
     let n = CHUNK_PIXELS.min(pixels - p0);
     let mut input = SliceRows::new(plane_rows(a.input, bc, depth, pixels, p0, n), ntaps);
-    let mut x = a
-        .x
-        .filter(|_| partial.is_some())
-        .map(|x| SliceRows::new(plane_rows(x, bc, depth, pixels, p0, n), ntaps));
+    let mut x =
+        a.x.filter(|_| partial.is_some())
+            .map(|x| SliceRows::new(plane_rows(x, bc, depth, pixels, p0, n), ntaps));
     // SAFETY: the output holds B*C*D*P elements (checked by the caller) and item `i` is the only
     // one writing pixels p0..p0+n of plane pair `bc`.
-    let mut out_rows = a.out.map(|o| unsafe { o.rows_mut(bc, depth, pixels, p0, n) });
+    let mut out_rows = a
+        .out
+        .map(|o| unsafe { o.rows_mut(bc, depth, pixels, p0, n) });
     let staged_out = a.stream || T::as_f32(&[]).is_none();
-    let mut tile = vec![0.0f32; if staged_out && out_rows.is_some() { TILE } else { 0 }];
+    let mut tile = vec![
+        0.0f32;
+        if staged_out && out_rows.is_some() {
+            TILE
+        } else {
+            0
+        }
+    ];
     let mut writer = RowWriter::<F, T>::new(a.stream, TILE);
     let mut acc = vec![[0.0f32; LANES]; if x.is_some() { ntaps } else { 0 }];
     for k in 0..depth {

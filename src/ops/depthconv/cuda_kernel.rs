@@ -47,7 +47,13 @@ fn dv_typed<T: CudaElement>(
 ) -> Result<()> {
     let device = x.device().clone();
     check_bf16(&device, T::DTYPE)?;
-    let plan = launch::grad_weight(dims, T::DTYPE, resident(&device), device.sm_count(), MAX_GRID_YZ);
+    let plan = launch::grad_weight(
+        dims,
+        T::DTYPE,
+        resident(&device),
+        device.sm_count(),
+        MAX_GRID_YZ,
+    );
     let stream = device.stream();
     // SAFETY: every partial is written by the partial kernel (each block writes all K entries
     // of its slot, zeros when it had no units) before the reduce kernel, queued after it on the
@@ -70,7 +76,7 @@ fn dv_typed<T: CudaElement>(
 }
 
 /// `y = depth_conv(x, v)` into a device tensor of `x`'s shape and dtype.
-pub(crate) fn forward_into(x: &CudaTensor, v: &CudaTensor, y: &mut CudaTensor) -> Result<()> {
+pub fn forward_into(x: &CudaTensor, v: &CudaTensor, y: &mut CudaTensor) -> Result<()> {
     let dims = check_forward(x, v)?;
     launch::check_taps(dims.taps)?;
     dims.input.check_input_like("y", y.shape())?;
@@ -82,8 +88,9 @@ pub(crate) fn forward_into(x: &CudaTensor, v: &CudaTensor, y: &mut CudaTensor) -
     with_dtype!(x.dtype(), T => mix_typed::<T>(&dims, false, x, v, y))
 }
 
-/// The requested gradients into device tensors, each only when given.
-pub(crate) fn backward_into(
+/// The requested gradients into device tensors (`dx` of `x`'s shape, `dv` `[K, C]`), each only
+/// when given.
+pub fn backward_into(
     x: &CudaTensor,
     v: &CudaTensor,
     dy: &CudaTensor,

@@ -22,12 +22,23 @@ impl Emulated {
         let inb = Buffer::from_slice(input.as_slice::<T>()?, off);
         let vb = Buffer::from_slice(v.as_slice::<T>()?, off);
         let mut outb = Buffer::<T>::poisoned(dims.input.len(), off);
-        let l = launch::mix(dims, grad_input, T::DTYPE, self.resident(), self.max_grid_y.into());
+        let l = launch::mix(
+            dims,
+            grad_input,
+            T::DTYPE,
+            self.resident(),
+            self.max_grid_y.into(),
+        );
         let (mut pin, mut pv, mut pout) = (inb.ptr(), vb.ptr(), outb.ptr_mut());
         let mut params = launch::params(dims, 0);
         self.run(
             &l,
-            &mut [arg(&mut pin), arg(&mut pv), arg(&mut pout), arg(&mut params)],
+            &mut [
+                arg(&mut pin),
+                arg(&mut pv),
+                arg(&mut pout),
+                arg(&mut params),
+            ],
         )?;
         outb.into_tensor(input.shape())
     }

@@ -20,7 +20,8 @@
 
 pub(crate) mod cpu_kernel;
 #[cfg(feature = "cuda")]
-pub(crate) mod cuda_kernel;
+#[path = "cuda_kernel.rs"]
+pub mod cuda;
 #[cfg(feature = "emulation")]
 pub(crate) mod emulated;
 #[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
@@ -62,7 +63,7 @@ pub(crate) fn check_forward<T: TensorInfo>(x: &T, v: &T) -> Result<DepthConvDims
     let input = FusionDims::from_input_shape(x.shape())?;
     check_rank("v", 2, "[K, C]", v.shape())?;
     let taps = v.shape()[0];
-    if taps % 2 == 0 {
+    if taps.is_multiple_of(2) {
         return Err(Error::InvalidArgument {
             arg: "v",
             message: format!(
@@ -179,7 +180,7 @@ pub fn backward_into(
 /// tap (so that a new layer starts close to the identity, as A3D's fusion does), reproducible
 /// from `seed`.
 pub fn init_weights(taps: usize, channels: usize, seed: u64) -> Result<Tensor> {
-    if taps % 2 == 0 {
+    if taps.is_multiple_of(2) {
         return Err(Error::InvalidArgument {
             arg: "taps",
             message: format!("must be odd, got {taps}"),

@@ -25,7 +25,8 @@ pub fn forward(dims: &DepthConvDims, x: &[f64], v: &[f64]) -> Vec<f64> {
                 for t in 0..dims.taps {
                     if let Some(d) = source(dims, k, t) {
                         for p in 0..i.pixels {
-                            y[at(dims, b, c, k, p)] += v[t * i.channels + c] * x[at(dims, b, c, d, p)];
+                            y[at(dims, b, c, k, p)] +=
+                                v[t * i.channels + c] * x[at(dims, b, c, d, p)];
                         }
                     }
                 }
@@ -45,7 +46,8 @@ pub fn grad_input(dims: &DepthConvDims, v: &[f64], dy: &[f64]) -> Vec<f64> {
                 for t in 0..dims.taps {
                     if let Some(d) = source(dims, k, t) {
                         for p in 0..i.pixels {
-                            dx[at(dims, b, c, d, p)] += v[t * i.channels + c] * dy[at(dims, b, c, k, p)];
+                            dx[at(dims, b, c, d, p)] +=
+                                v[t * i.channels + c] * dy[at(dims, b, c, k, p)];
                         }
                     }
                 }
@@ -65,7 +67,8 @@ pub fn grad_weight(dims: &DepthConvDims, x: &[f64], dy: &[f64]) -> Vec<f64> {
                 for t in 0..dims.taps {
                     if let Some(d) = source(dims, k, t) {
                         for p in 0..i.pixels {
-                            dv[t * i.channels + c] += x[at(dims, b, c, d, p)] * dy[at(dims, b, c, k, p)];
+                            dv[t * i.channels + c] +=
+                                x[at(dims, b, c, d, p)] * dy[at(dims, b, c, k, p)];
                         }
                     }
                 }

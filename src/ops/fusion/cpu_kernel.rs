@@ -12,7 +12,9 @@
 //! same body with a constant depth.
 
 use super::FusionDims;
-use crate::cpu::tier::{by_depth, depth_of, multiversion, RowWriter, SharedOut, Tier, STREAM_BYTES};
+use crate::cpu::tier::{
+    by_depth, depth_of, multiversion, RowWriter, SharedOut, Tier, STREAM_BYTES,
+};
 use crate::cpu::{active_isa, Isa};
 use crate::Element;
 use rayon::prelude::*;

@@ -157,14 +157,17 @@ mod tests {
     #[test]
     fn weight_tiles_match_the_kernels() {
         unsafe extern "C" {
-            fn a3d_fusion_dw_tile_units(depth: std::ffi::c_int, vector_width: std::ffi::c_int)
-                -> std::ffi::c_int;
+            fn a3d_fusion_dw_tile_units(
+                depth: std::ffi::c_int,
+                vector_width: std::ffi::c_int,
+            ) -> std::ffi::c_int;
         }
         for dtype in DType::ALL {
             for depth in 1..=MAX_SPECIALISED_DEPTH {
                 // SAFETY: a pure function of two integers, compiled from kernels/fusion.cu into
                 // the emulation library.
-                let kernel = unsafe { a3d_fusion_dw_tile_units(depth as i32, vector_width(dtype) as i32) };
+                let kernel =
+                    unsafe { a3d_fusion_dw_tile_units(depth as i32, vector_width(dtype) as i32) };
                 assert_eq!(
                     weight_tile_units(depth, dtype),
                     kernel as u64,

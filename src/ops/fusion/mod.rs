@@ -25,8 +25,8 @@ pub mod reference;
 
 use crate::dtype::with_dtype;
 pub(crate) use crate::ops::common::{check_dtype, check_shape};
-use crate::TensorInfo;
 use crate::tensor::element_count;
+use crate::TensorInfo;
 use crate::{DType, Error, Result, Tensor};
 
 /// Sizes of one fusion problem, derived from `x`'s shape `[B, C, D, H, W]`.

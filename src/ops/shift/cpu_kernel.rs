@@ -102,13 +102,13 @@ fn shift_item<F: Tier, T: Element, const UNUSED: usize>(a: &Launch<'_, T>, i: us
         match row_terms(a.plan, a.direction, b, c, d) {
             RowTerms::Zero => dst.fill(T::from_f32(0.0)),
             RowTerms::Mix {
-                own: Some(s),
+                own: Some(1.0),
                 neighbour: None,
-            } if s == 1.0 => copy::<F, T>(dst, row(d), a.stream),
+            } => copy::<F, T>(dst, row(d), a.stream),
             RowTerms::Mix {
                 own: None,
-                neighbour: Some((nd, n)),
-            } if n == 1.0 => copy::<F, T>(dst, row(nd), a.stream),
+                neighbour: Some((nd, 1.0)),
+            } => copy::<F, T>(dst, row(nd), a.stream),
             RowTerms::Mix { own, neighbour } => mix_row::<F, T>(
                 dst,
                 own.map(|s| (row(d), s)),
@@ -217,7 +217,12 @@ fn mix_row<F: Tier, T: Element>(
 
 /// Applies the shift (or its transpose) of `plan` to `input`, writing every element of `out`.
 /// Lengths are checked by the caller.
-pub(crate) fn shift<T: Element>(plan: &ShiftPlan, direction: Direction, input: &[T], out: &mut [T]) {
+pub(crate) fn shift<T: Element>(
+    plan: &ShiftPlan,
+    direction: Direction,
+    input: &[T],
+    out: &mut [T],
+) {
     let dims = &plan.dims;
     debug_assert!(input.len() == dims.len() && out.len() == dims.len());
     let chunks = dims.pixels.div_ceil(CHUNK_PIXELS);

@@ -1,5 +1,7 @@
 //! TSM and AlignShift on NVIDIA GPUs (feature `cuda`): the kernels of kernels/shift.cu with
-//! the plans of `launch.rs` (the ones the host emulation runs in CI).
+//! the plans of `launch.rs` (the ones the host emulation runs in CI). [`forward_into`] and
+//! [`backward_into`] take a3d device tensors; [`launch_shift`] takes cudarc views, for callers
+//! holding device memory of their own.
 
 use super::cpu_kernel::Direction;
 use super::{launch, Shift};
@@ -17,7 +19,7 @@ unsafe impl DeviceRepr for A3dShiftParams {}
 
 /// Queues `out = shift(input)` (or its transpose for `backward`) on `device`'s stream. The
 /// views must hold `B*C*D*H*W` elements of the shape `input_shape`.
-pub(crate) fn launch_shift<T: CudaElement>(
+pub fn launch_shift<T: CudaElement>(
     device: &CudaDevice,
     shift: &Shift,
     input_shape: &[usize],
@@ -68,7 +70,24 @@ fn run_typed<T: CudaElement>(
     out: &mut CudaTensor,
 ) -> Result<()> {
     let device = input.device().clone();
-    launch_shift::<T>(&device, shift, input.shape(), backward, &input.view()?, &mut out.view_mut()?)
+    launch_shift::<T>(
+        &device,
+        shift,
+        input.shape(),
+        backward,
+        &input.view()?,
+        &mut out.view_mut()?,
+    )
+}
+
+/// `y = shift(x)` into an existing device tensor of `x`'s shape and dtype, on `x`'s device.
+pub fn forward_into(shift: &Shift, x: &CudaTensor, y: &mut CudaTensor) -> Result<()> {
+    run_into(shift, false, x, y)
+}
+
+/// `dx = shift^T(dy)` into an existing device tensor of `dy`'s shape and dtype.
+pub fn backward_into(shift: &Shift, dy: &CudaTensor, dx: &mut CudaTensor) -> Result<()> {
+    run_into(shift, true, dy, dx)
 }
 
 /// `out = shift(input)` (or the transpose) into an existing device tensor of `input`'s shape.

@@ -31,7 +31,12 @@ impl Emulated {
         let mut params = launch::params(&plan);
         self.run(
             &l,
-            &mut [arg(&mut pin), arg(&mut pout), arg(&mut pcoef), arg(&mut params)],
+            &mut [
+                arg(&mut pin),
+                arg(&mut pout),
+                arg(&mut pcoef),
+                arg(&mut params),
+            ],
         )?;
         outb.into_tensor(input.shape())
     }

@@ -22,7 +22,8 @@
 
 pub(crate) mod cpu_kernel;
 #[cfg(feature = "cuda")]
-pub(crate) mod cuda_kernel;
+#[path = "cuda_kernel.rs"]
+pub mod cuda;
 #[cfg(feature = "emulation")]
 pub(crate) mod emulated;
 #[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
@@ -30,8 +31,8 @@ pub(crate) mod launch;
 pub mod reference;
 
 use crate::dtype::with_dtype;
-use crate::ops::common::{check_dtype, TensorInfo};
 use crate::fusion::FusionDims;
+use crate::ops::common::{check_dtype, TensorInfo};
 use crate::{Error, Result, Tensor};
 
 /// One configured shift: TSM or AlignShift with its thicknesses. Build it with [`Shift::tsm`]
@@ -96,7 +97,9 @@ impl Shift {
         {
             return Err(Error::InvalidArgument {
                 arg: "thickness",
-                message: format!("sample {b}: slice thickness must be a finite number of mm > 0, got {t}"),
+                message: format!(
+                    "sample {b}: slice thickness must be a finite number of mm > 0, got {t}"
+                ),
             });
         }
         Ok(Shift {
