@@ -159,3 +159,93 @@ pub(crate) fn gradient<T: CudaDType + CudaElement>(
     };
     Ok(T::wrap_cuda_slice(out, dev))
 }
+
+/// TSM / AlignShift (or its transpose) of a candle CUDA tensor on candle's device.
+pub(crate) fn shift<T: CudaDType + CudaElement>(
+    op: &str,
+    shift: &crate::shift::Shift,
+    backward: bool,
+    (x, xl): (&CudaStorage, &Layout),
+) -> candle_core::Result<CudaStorage> {
+    let dev = x.device().clone();
+    let a3d = a3d_device(op, &dev)?;
+    let xc = contiguous::<T>(x, xl)?;
+    let n = xl.shape().elem_count();
+    // SAFETY: the shift kernel writes every element of the output.
+    let mut out = unsafe { dev.alloc::<T>(n) }?;
+    crate::shift::cuda::launch_shift(
+        &a3d,
+        shift,
+        xl.dims(),
+        backward,
+        &xc.view(),
+        &mut out.slice_mut(..),
+    )
+    .map_err(|e| err(op, e))?;
+    Ok(T::wrap_cuda_slice(out, dev))
+}
+
+/// `y = depth_conv(x, v)` on candle's device.
+pub(crate) fn depthconv_forward<T: CudaDType + CudaElement>(
+    op: &str,
+    dims: &crate::depthconv::DepthConvDims,
+    (x, xl): (&CudaStorage, &Layout),
+    (v, vl): (&CudaStorage, &Layout),
+) -> candle_core::Result<CudaStorage> {
+    let dev = x.device().clone();
+    let a3d = a3d_device(op, &dev)?;
+    let (xc, vc) = (contiguous::<T>(x, xl)?, contiguous::<T>(v, vl)?);
+    // SAFETY: the forward kernel writes every element of y.
+    let mut y = unsafe { dev.alloc::<T>(dims.input.len()) }?;
+    crate::depthconv::cuda::launch_mix(
+        &a3d,
+        dims,
+        false,
+        &xc.view(),
+        &vc.view(),
+        &mut y.slice_mut(..),
+    )
+    .map_err(|e| err(op, e))?;
+    Ok(T::wrap_cuda_slice(y, dev))
+}
+
+/// Both gradients of the depth convolution, packed `[dx flattened, dv flattened]`, on candle's
+/// device.
+pub(crate) fn depthconv_grads<T: CudaDType + CudaElement>(
+    op: &str,
+    dims: &crate::depthconv::DepthConvDims,
+    (x, xl): (&CudaStorage, &Layout),
+    (v, vl): (&CudaStorage, &Layout),
+    (dy, dyl): (&CudaStorage, &Layout),
+) -> candle_core::Result<CudaStorage> {
+    use crate::depthconv::cuda::{launch_grad_weight, launch_mix};
+    let dev = x.device().clone();
+    let a3d = a3d_device(op, &dev)?;
+    let (xc, vc, dyc) = (
+        contiguous::<T>(x, xl)?,
+        contiguous::<T>(v, vl)?,
+        contiguous::<T>(dy, dyl)?,
+    );
+    let n = dims.input.len();
+    // SAFETY: the grad-input kernel writes elements 0..n, the weight-gradient reduction (or its
+    // zero fill) the K*C after them.
+    let mut packed = unsafe { dev.alloc::<T>(n + dims.taps * dims.input.channels) }?;
+    launch_mix(
+        &a3d,
+        dims,
+        true,
+        &dyc.view(),
+        &vc.view(),
+        &mut packed.slice_mut(..n),
+    )
+    .map_err(|e| err(op, e))?;
+    launch_grad_weight(
+        &a3d,
+        dims,
+        &xc.view(),
+        &dyc.view(),
+        &mut packed.slice_mut(n..),
+    )
+    .map_err(|e| err(op, e))?;
+    Ok(T::wrap_cuda_slice(packed, dev))
+}

@@ -211,3 +211,47 @@ fn context_conv_names_and_errors() -> R {
     assert!(e.contains("fold_div"), "{e}");
     Ok(())
 }
+
+/// With `candle-cuda` and a GPU: the ops on candle's CUDA tensors (a3d's kernels on candle's
+/// memory and stream) equal the CPU ops, forward and gradients.
+#[cfg(feature = "candle-cuda")]
+#[test]
+fn cuda_matches_cpu() -> R {
+    let gpu = match Device::new_cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            return Ok(());
+        }
+    };
+    let mut rng = SplitMix64::new(5);
+    let shape = [2, 16, 7, 9, 8];
+    let x = random(&mut rng, &shape, CDType::F32)?;
+    let g = random(&mut rng, &shape, CDType::F32)?;
+    let v = random(&mut rng, &[3, 16], CDType::F32)?;
+    let run = |dev: &Device| -> candle_core::Result<Vec<Vec<f32>>> {
+        let xv = Var::from_tensor(&x.to_device(dev)?)?;
+        let vv = Var::from_tensor(&v.to_device(dev)?)?;
+        let gd = g.to_device(dev)?;
+        let mut out = Vec::new();
+        for y in [
+            tsm(xv.as_tensor(), 8)?,
+            align_shift(xv.as_tensor(), &[5.0, 1.5], 2.0, true, 8)?,
+            depth_conv(xv.as_tensor(), vv.as_tensor())?,
+        ] {
+            out.push(values(&y.to_device(&Device::Cpu)?));
+            let grads = (y * &gd)?.sum_all()?.backward()?;
+            out.push(values(
+                &grads
+                    .get(xv.as_tensor())
+                    .expect("dx")
+                    .to_device(&Device::Cpu)?,
+            ));
+        }
+        Ok(out)
+    };
+    for (i, (c, d)) in run(&Device::Cpu)?.iter().zip(&run(&gpu)?).enumerate() {
+        assert_close(&format!("output {i}"), d, c, 1e-5);
+    }
+    Ok(())
+}

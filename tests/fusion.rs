@@ -394,3 +394,15 @@ fn selftest_passes_on_the_cpu() {
         assert!(c.passed(), "{c}");
     }
 }
+
+/// The backend validates before it reads the shape: a rank-2 input is an error, not a panic.
+#[test]
+fn backend_backward_validates_before_indexing() {
+    let x = Tensor::zeros(&[2, 3], DType::F32).unwrap();
+    let w = Tensor::zeros(&[3, 3, 2], DType::F32).unwrap();
+    let err = a3d::backend::Cpu
+        .backward(&x, &w, &x, Grads::BOTH)
+        .unwrap_err();
+    assert!(matches!(err, Error::Rank { arg: "x", .. }), "{err:?}");
+    assert!(a3d::backend::Cpu.forward(&x, &w).is_err());
+}

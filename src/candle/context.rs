@@ -1,5 +1,6 @@
 //! The symmetric context operators as candle custom ops with a3d's own backward: [`tsm`],
-//! [`align_shift`] and [`depth_conv`] (CPU storage, f32 / f16 / bf16).
+//! [`align_shift`] and [`depth_conv`] (f32 / f16 / bf16; CPU storage, and CUDA storage with
+//! feature `candle-cuda`, where a3d's kernels run on candle's device memory and stream).
 //!
 //! Each forward runs a3d's CPU kernel on a contiguous view of candle's storage. The shift
 //! backward is the transposed shift of `dy`; the depth-convolution backward computes `dx` and
@@ -10,6 +11,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use super::storage::{candle_err, cpu_storage, host_tensor};
 use crate::fusion::Grads;
 use crate::shift::Shift;
+#[cfg(feature = "candle-cuda")]
+use crate::{dtype::with_dtype, TensorInfo};
 
 /// TSM or AlignShift as a candle op on `x` `[B, C, D, H, W]` (see [`crate::shift`]).
 #[derive(Debug, Clone)]
@@ -49,6 +52,18 @@ impl CustomOp1 for ShiftOp {
         }
         .map_err(|e| candle_err(op, e))?;
         Ok((cpu_storage(op, out)?, l.shape().clone()))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let op = self.name();
+        let arg = crate::candle_cuda::arg(op, if self.backward { "dy" } else { "x" }, s, l)?;
+        let out = with_dtype!(arg.dtype(), T => crate::candle_cuda::shift::<T>(op, &self.shift, self.backward, (s, l))?);
+        Ok((out, l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -104,6 +119,24 @@ impl CustomOp2 for DepthConvOp {
         let v = host_tensor(op, "v", s2, l2)?;
         let y = crate::depthconv::forward(&x, &v).map_err(|e| candle_err(op, e))?;
         Ok((cpu_storage(op, y)?, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::candle_cuda::{arg, depthconv_forward};
+        let op = self.name();
+        let xa = arg(op, "x", s1, l1)?;
+        let dims = crate::depthconv::check_forward(&xa, &arg(op, "v", s2, l2)?)
+            .map_err(|e| candle_err(op, e))?;
+        let y =
+            with_dtype!(xa.dtype(), T => depthconv_forward::<T>(op, &dims, (s1, l1), (s2, l2))?);
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(
@@ -164,6 +197,27 @@ impl CustomOp3 for DepthConvGradOp {
             _ => candle_core::bail!("{op}: gradients of different dtypes"),
         };
         Ok((packed, Shape::from(len)))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::candle_cuda::{arg, depthconv_grads};
+        let op = self.name();
+        let xa = arg(op, "x", s1, l1)?;
+        let dims =
+            crate::depthconv::check_backward(&xa, &arg(op, "v", s2, l2)?, &arg(op, "dy", s3, l3)?)
+                .map_err(|e| candle_err(op, e))?;
+        let len = dims.input.len() + dims.taps * dims.input.channels;
+        let out = with_dtype!(xa.dtype(), T => depthconv_grads::<T>(op, &dims, (s1, l1), (s2, l2), (s3, l3))?);
+        Ok((out, Shape::from(len)))
     }
 }
 

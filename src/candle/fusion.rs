@@ -4,11 +4,11 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 use super::storage::{candle_err, contiguous, info, weights_f32};
-#[cfg(feature = "candle-cuda")]
-use crate::dtype::with_dtype;
 use crate::fusion::{check_backward, check_forward, FusionDims};
 use crate::ops::fusion::cpu_kernel;
 use crate::Element;
+#[cfg(feature = "candle-cuda")]
+use crate::{dtype::with_dtype, TensorInfo};
 
 /// Name of the forward op, as candle reports it in errors.
 const FORWARD_NAME: &str = "a3d-fusion";

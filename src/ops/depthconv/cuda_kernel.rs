@@ -1,5 +1,7 @@
 //! The depth convolution on NVIDIA GPUs (feature `cuda`): the kernels of kernels/depthconv.cu
-//! with the plans of `launch.rs` (the ones the host emulation runs in CI).
+//! with the plans of `launch.rs` (the ones the host emulation runs in CI). [`forward_into`] and
+//! [`backward_into`] take a3d device tensors; [`launch_mix`] and [`launch_grad_weight`] take
+//! cudarc views.
 
 use super::{check_backward, check_forward, launch, DepthConvDims};
 use crate::cuda::launch::{check_bf16, prepare, Slices};
@@ -7,8 +9,8 @@ use crate::cuda::{driver_error, CudaDevice, CudaElement, CudaTensor};
 use crate::dtype::with_dtype;
 use crate::kernel_params::A3dDepthConvParams;
 use crate::ops::common::MAX_GRID_YZ;
-use crate::Result;
-use cudarc::driver::{DeviceRepr, PushKernelArg};
+use crate::{Error, Result};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 
 // SAFETY: A3dDepthConvParams is `#[repr(C)]` plain data (six u64), laid out exactly as the C
 // struct the kernels take by value (bindgen's layout assertions check it).
@@ -16,6 +18,93 @@ unsafe impl DeviceRepr for A3dDepthConvParams {}
 
 fn resident(device: &CudaDevice) -> u64 {
     2 * device.sm_count().max(1) as u64
+}
+
+/// Queues forward (`grad_input = false`: `out = depth_conv(input, v)`) or grad-input
+/// (`out = dx` of `input = dy`) on `device`'s stream. Views: `input` and `out` hold
+/// `dims.input.len()` elements, `v` `K * C`. For callers holding device memory of their own.
+pub fn launch_mix<T: CudaElement>(
+    device: &CudaDevice,
+    dims: &DepthConvDims,
+    grad_input: bool,
+    input: &CudaView<'_, T>,
+    v: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    launch::check_taps(dims.taps)?;
+    check_bf16(device, T::DTYPE)?;
+    check_lengths(dims, &[input.len(), out.len()], v.len())?;
+    if dims.input.is_empty() {
+        return Ok(());
+    }
+    let l = launch::mix(dims, grad_input, T::DTYPE, resident(device), MAX_GRID_YZ);
+    let (f, cfg) = prepare(device, &l)?;
+    let params = launch::params(dims, 0);
+    let mut b = device.stream().launch_builder(&f);
+    b.arg(input).arg(v).arg(out).arg(&params);
+    // SAFETY: (const T* in, const T* v, T* out, params by value); in and out hold B*C*D*P
+    // elements and v K*C (checked above), all on this device's stream.
+    unsafe { b.launch(cfg) }.map_err(driver_error)?;
+    Ok(())
+}
+
+/// Queues the two weight-gradient kernels: `dv[K, C]` from `x` and `dy` (`dims.input.len()`
+/// elements each); a fixed-order reduction, bitwise reproducible run to run on a given GPU.
+pub fn launch_grad_weight<T: CudaElement>(
+    device: &CudaDevice,
+    dims: &DepthConvDims,
+    x: &CudaView<'_, T>,
+    dy: &CudaView<'_, T>,
+    dv: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    launch::check_taps(dims.taps)?;
+    check_bf16(device, T::DTYPE)?;
+    check_lengths(dims, &[x.len(), dy.len()], dv.len())?;
+    let stream = device.stream();
+    if dims.input.is_empty() {
+        // Empty sums: dv is zero.
+        stream.memset_zeros(dv).map_err(driver_error)?;
+        return Ok(());
+    }
+    let plan = launch::grad_weight(
+        dims,
+        T::DTYPE,
+        resident(device),
+        device.sm_count(),
+        MAX_GRID_YZ,
+    );
+    // SAFETY: every partial is written by the partial kernel (each block writes all K entries
+    // of its slot, zeros when it had no units) before the reduce kernel, queued after it on the
+    // same stream, reads any.
+    let mut partials = unsafe { stream.alloc::<f32>(plan.partials_len) }.map_err(driver_error)?;
+    let (f, cfg) = prepare(device, &plan.partial)?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(x).arg(dy).arg(&mut partials).arg(&plan.params);
+    // SAFETY: (const T* x, const T* dy, float* partials, params); partials holds
+    // C * partial_blocks * K floats, what the plan's grid writes.
+    unsafe { b.launch(cfg) }.map_err(driver_error)?;
+    let (f, cfg) = prepare(device, &plan.reduce)?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&partials).arg(dv).arg(&plan.params);
+    // SAFETY: (const float* partials, T* dv, params); dv holds K*C elements (checked above).
+    unsafe { b.launch(cfg) }.map_err(driver_error)?;
+    Ok(())
+}
+
+fn check_lengths(dims: &DepthConvDims, big: &[usize], small: usize) -> Result<()> {
+    let want_small = dims.taps * dims.input.channels;
+    if big.iter().all(|&n| n == dims.input.len()) && small == want_small {
+        Ok(())
+    } else {
+        Err(Error::Backend {
+            backend: "cuda",
+            message: format!(
+                "depthconv: buffer lengths {big:?} / {small} do not match shape {:?} ({} / {want_small})",
+                dims.input.input_shape(),
+                dims.input.len()
+            ),
+        })
+    }
 }
 
 fn mix_typed<T: CudaElement>(
@@ -26,17 +115,14 @@ fn mix_typed<T: CudaElement>(
     out: &mut CudaTensor,
 ) -> Result<()> {
     let device = input.device().clone();
-    check_bf16(&device, T::DTYPE)?;
-    let l = launch::mix(dims, grad_input, T::DTYPE, resident(&device), MAX_GRID_YZ);
-    let (f, cfg) = prepare(&device, &l)?;
-    let params = launch::params(dims, 0);
-    let (iv, vv, mut ov) = (input.view::<T>()?, v.view::<T>()?, out.view_mut::<T>()?);
-    let mut b = device.stream().launch_builder(&f);
-    b.arg(&iv).arg(&vv).arg(&mut ov).arg(&params);
-    // SAFETY: (const T* in, const T* v, T* out, params by value); in and out hold B*C*D*P
-    // elements and v K*C (validated shapes), all on this device's stream.
-    unsafe { b.launch(cfg) }.map_err(driver_error)?;
-    Ok(())
+    launch_mix::<T>(
+        &device,
+        dims,
+        grad_input,
+        &input.view()?,
+        &v.view()?,
+        &mut out.view_mut()?,
+    )
 }
 
 fn dv_typed<T: CudaElement>(
@@ -46,33 +132,7 @@ fn dv_typed<T: CudaElement>(
     dv: &mut CudaTensor,
 ) -> Result<()> {
     let device = x.device().clone();
-    check_bf16(&device, T::DTYPE)?;
-    let plan = launch::grad_weight(
-        dims,
-        T::DTYPE,
-        resident(&device),
-        device.sm_count(),
-        MAX_GRID_YZ,
-    );
-    let stream = device.stream();
-    // SAFETY: every partial is written by the partial kernel (each block writes all K entries
-    // of its slot, zeros when it had no units) before the reduce kernel, queued after it on the
-    // same stream, reads any.
-    let mut partials = unsafe { stream.alloc::<f32>(plan.partials_len) }.map_err(driver_error)?;
-    let (f, cfg) = prepare(&device, &plan.partial)?;
-    let (xv, gv) = (x.view::<T>()?, dy.view::<T>()?);
-    let mut b = stream.launch_builder(&f);
-    b.arg(&xv).arg(&gv).arg(&mut partials).arg(&plan.params);
-    // SAFETY: (const T* x, const T* dy, float* partials, params); partials holds
-    // C * partial_blocks * K floats, what the plan's grid writes.
-    unsafe { b.launch(cfg) }.map_err(driver_error)?;
-    let (f, cfg) = prepare(&device, &plan.reduce)?;
-    let mut dvv = dv.view_mut::<T>()?;
-    let mut b = stream.launch_builder(&f);
-    b.arg(&partials).arg(&mut dvv).arg(&plan.params);
-    // SAFETY: (const float* partials, T* dv, params); dv holds K*C elements.
-    unsafe { b.launch(cfg) }.map_err(driver_error)?;
-    Ok(())
+    launch_grad_weight::<T>(&device, dims, &x.view()?, &dy.view()?, &mut dv.view_mut()?)
 }
 
 /// `y = depth_conv(x, v)` into a device tensor of `x`'s shape and dtype.
@@ -109,13 +169,9 @@ pub fn backward_into(
         }
     }
     if let Some(dv) = dv {
+        crate::ops::common::check_shape("dw", &dims.weight_shape(), dv.shape())?;
         x.check_same_device("dw", dv)?;
-        if dims.input.is_empty() {
-            let host = crate::Tensor::zeros(&dims.weight_shape(), x.dtype())?;
-            *dv = CudaTensor::upload(&host, x.device())?;
-        } else {
-            with_dtype!(x.dtype(), T => dv_typed::<T>(&dims, x, dy, dv))?;
-        }
+        with_dtype!(x.dtype(), T => dv_typed::<T>(&dims, x, dy, dv))?;
     }
     Ok(())
 }
