@@ -87,6 +87,43 @@ __device__ __forceinline__ bool dc_aligned(const void* p, uint64_t bytes) {
     return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
 }
 
+// The sliding window of one unit's slices: win[j] holds slice k - R + j of `plane` (zeros
+// outside 0..D). Start at k = 0; advance from k to k + 1.
+template <typename T, int K>
+__device__ __forceinline__ void dc_window_start(const T* plane, uint64_t i, uint64_t D,
+                                                uint64_t P, bool vec, float (&win)[K][4]) {
+    constexpr int R = K / 2;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        const int64_t d = static_cast<int64_t>(j) - R;
+        if (d >= 0 && static_cast<uint64_t>(d) < D) {
+            dc_load(plane + static_cast<uint64_t>(d) * P, i, P, vec, win[j]);
+        } else {
+#pragma unroll
+            for (int l = 0; l < 4; ++l) win[j][l] = 0.0f;
+        }
+    }
+}
+
+template <typename T, int K>
+__device__ __forceinline__ void dc_window_advance(const T* plane, uint64_t i, uint64_t k,
+                                                  uint64_t D, uint64_t P, bool vec,
+                                                  float (&win)[K][4]) {
+    constexpr int R = K / 2;
+#pragma unroll
+    for (int j = 0; j + 1 < K; ++j) {
+#pragma unroll
+        for (int l = 0; l < 4; ++l) win[j][l] = win[j + 1][l];
+    }
+    const uint64_t next = k + 1 + R;
+    if (next < D) {
+        dc_load(plane + next * P, i, P, vec, win[K - 1]);
+    } else {
+#pragma unroll
+        for (int l = 0; l < 4; ++l) win[K - 1][l] = 0.0f;
+    }
+}
+
 // forward (kFlip = false) and grad-input (kFlip = true: taps applied reversed).
 template <typename T, int K, bool kFlip>
 __device__ __forceinline__ void dc_mix(const T* __restrict__ in, const T* __restrict__ v,
@@ -106,18 +143,8 @@ __device__ __forceinline__ void dc_mix(const T* __restrict__ in, const T* __rest
             const uint64_t b = u / per_row, i = (u % per_row) * 4;
             const T* src = in + (b * C + c) * D * P;
             T* dst = out + (b * C + c) * D * P;
-            // win[j] holds slice k - R + j (zeros outside 0..D).
             float win[K][4];
-#pragma unroll
-            for (int j = 0; j < K; ++j) {
-                const int64_t d = static_cast<int64_t>(j) - R;
-                if (d >= 0 && static_cast<uint64_t>(d) < D) {
-                    dc_load(src + static_cast<uint64_t>(d) * P, i, P, vec, win[j]);
-                } else {
-#pragma unroll
-                    for (int l = 0; l < 4; ++l) win[j][l] = 0.0f;
-                }
-            }
+            dc_window_start<T, K>(src, i, D, P, vec, win);
             for (uint64_t k = 0; k < D; ++k) {
                 float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
                 bool first = true;
@@ -133,18 +160,7 @@ __device__ __forceinline__ void dc_mix(const T* __restrict__ in, const T* __rest
                     }
                 }
                 dc_store(dst + k * P, i, P, vec, acc);
-#pragma unroll
-                for (int j = 0; j + 1 < K; ++j) {
-#pragma unroll
-                    for (int l = 0; l < 4; ++l) win[j][l] = win[j + 1][l];
-                }
-                const uint64_t next = k + 1 + R;
-                if (next < D) {
-                    dc_load(src + next * P, i, P, vec, win[K - 1]);
-                } else {
-#pragma unroll
-                    for (int l = 0; l < 4; ++l) win[K - 1][l] = 0.0f;
-                }
+                dc_window_advance<T, K>(src, i, k, D, P, vec, win);
             }
         }
     }
@@ -171,16 +187,7 @@ __device__ __forceinline__ void dc_grad_weight(const T* __restrict__ x, const T*
             const T* xs = x + (b * C + c) * D * P;
             const T* gs = dy + (b * C + c) * D * P;
             float win[K][4];
-#pragma unroll
-            for (int j = 0; j < K; ++j) {
-                const int64_t d = static_cast<int64_t>(j) - R;
-                if (d >= 0 && static_cast<uint64_t>(d) < D) {
-                    dc_load(xs + static_cast<uint64_t>(d) * P, i, P, vec, win[j]);
-                } else {
-#pragma unroll
-                    for (int l = 0; l < 4; ++l) win[j][l] = 0.0f;
-                }
-            }
+            dc_window_start<T, K>(xs, i, D, P, vec, win);
             for (uint64_t k = 0; k < D; ++k) {
                 float g[4];
                 dc_load(gs + k * P, i, P, vec, g);
@@ -192,18 +199,7 @@ __device__ __forceinline__ void dc_grad_weight(const T* __restrict__ x, const T*
                         for (int l = 0; l < 4; ++l) acc[t] = fmaf(win[t][l], g[l], acc[t]);
                     }
                 }
-#pragma unroll
-                for (int j = 0; j + 1 < K; ++j) {
-#pragma unroll
-                    for (int l = 0; l < 4; ++l) win[j][l] = win[j + 1][l];
-                }
-                const uint64_t next = k + 1 + R;
-                if (next < D) {
-                    dc_load(xs + next * P, i, P, vec, win[K - 1]);
-                } else {
-#pragma unroll
-                    for (int l = 0; l < 4; ++l) win[K - 1][l] = 0.0f;
-                }
+                dc_window_advance<T, K>(xs, i, k, D, P, vec, win);
             }
         }
         // Fixed tree per tap: pairs (i, i + s) for s = 128, 64, ..., 1.
