@@ -129,7 +129,7 @@ if ptxas:
 PY
   rm -f "$json"
 
-  # Drop test binaries with no test in this build (e.g. tests/emulation.rs without its feature);
+  # Drop test binaries with no test in this build (e.g. tests/candle.rs without its feature);
   # `--list` runs no test, so it works here without a GPU.
   local b n
   for b in "$BIN"/test-*; do

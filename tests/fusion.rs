@@ -1,5 +1,8 @@
-//! A3D fusion on the CPU against the float64 reference, finite differences, determinism and
-//! error handling.
+//! A3D fusion against the float64 reference on every backend of the build (the CPU, the host
+//! emulation of kernels/fusion.cu on several pretend GPUs, a real GPU when present), finite
+//! differences, determinism and error handling.
+
+mod common;
 
 use a3d::backend::FusionBackend;
 use a3d::fusion::{self, reference, FusionDims, Grads};
@@ -386,12 +389,64 @@ fn typed_tensors_round_trip() {
     assert!(t.as_slice::<f32>().is_err());
 }
 
+/// Forward, grad-input and grad-weight (every kernel family: specialised and general depths,
+/// vector and scalar paths, grids of small and large GPUs, both thread orders) on every backend.
 #[test]
-fn selftest_passes_on_the_cpu() {
-    let checks = selftest::run_fusion(&a3d::backend::Cpu, 11);
-    assert_eq!(checks.len(), selftest::SHAPES.len() * 3 * 3);
-    for c in &checks {
-        assert!(c.passed(), "{c}");
+fn every_backend_passes_the_selftest() {
+    for (i, backend) in common::fusion_backends().iter().enumerate() {
+        let checks = selftest::run_fusion(backend.as_ref(), 11 + i as u64);
+        assert_eq!(checks.len(), selftest::SHAPES.len() * 3 * 3);
+        for c in &checks {
+            assert!(c.passed(), "{c}");
+        }
+    }
+}
+
+/// The emulated grad-weight kernels give the same bits run to run and on the vector and the
+/// scalar (misaligned) path.
+#[cfg(feature = "emulation")]
+#[test]
+fn emulated_grad_weight_is_deterministic_and_alignment_independent() {
+    use a3d::backend::Emulated;
+    let mut rng = SplitMix64::new(4);
+    for (shape, dtype) in [
+        ([2, 3, 7, 33, 35], DType::F32),
+        ([1, 2, 17, 20, 21], DType::BF16),
+    ] {
+        let x = random(&shape, dtype, &mut rng);
+        let dy = random(&shape, dtype, &mut rng);
+        let w = fusion::init_weights(shape[2], shape[1], 1)
+            .unwrap()
+            .to_dtype(dtype);
+        let dw = |b: Emulated| b.backward(&x, &w, &dy, Grads::WEIGHT).unwrap().dw.unwrap();
+        let aligned = Emulated::default();
+        let misaligned = Emulated {
+            misaligned: true,
+            ..aligned
+        };
+        let first = dw(aligned);
+        assert_eq!(first, dw(aligned), "{shape:?} {dtype}: run to run");
+        assert_eq!(
+            first,
+            dw(misaligned),
+            "{shape:?} {dtype}: vector vs scalar path"
+        );
+    }
+}
+
+/// Empty inputs on every backend: empty outputs, zero weight gradients.
+#[test]
+fn every_backend_handles_empty_inputs() {
+    let x = Tensor::zeros(&[2, 3, 4, 0, 5], DType::F16).unwrap();
+    let w = Tensor::zeros(&[4, 4, 3], DType::F16).unwrap();
+    for b in common::fusion_backends() {
+        assert!(b.forward(&x, &w).unwrap().is_empty(), "{}", b.name());
+        let g = b.backward(&x, &w, &x, Grads::BOTH).unwrap();
+        assert!(
+            g.dw.unwrap().to_f32_vec().iter().all(|&v| v == 0.0),
+            "{}",
+            b.name()
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 //! random tensors.
 #![allow(dead_code)]
 
-use a3d::backend::{Cpu, DepthConvBackend, ShiftBackend};
+use a3d::backend::{Cpu, DepthConvBackend, FusionBackend, ShiftBackend};
 use a3d::rng::SplitMix64;
 use a3d::{DType, Tensor};
 
@@ -27,6 +27,13 @@ pub fn emulations() -> Vec<a3d::backend::Emulated> {
             reverse_threads: true,
             max_grid_y: 65535,
         },
+        // One block per grid row: every block loops over all channels (rows).
+        Emulated {
+            sm_count: 1,
+            misaligned: false,
+            reverse_threads: true,
+            max_grid_y: 1,
+        },
     ]
 }
 
@@ -39,6 +46,22 @@ fn gpu() -> Option<a3d::backend::Cuda> {
             None
         }
     }
+}
+
+/// Every fusion backend of this build.
+pub fn fusion_backends() -> Vec<Box<dyn FusionBackend>> {
+    // Extended only in builds with the emulation or CUDA.
+    #[allow(unused_mut)]
+    let mut out: Vec<Box<dyn FusionBackend>> = vec![Box::new(Cpu)];
+    #[cfg(feature = "emulation")]
+    out.extend(
+        emulations()
+            .into_iter()
+            .map(|e| Box::new(e) as Box<dyn FusionBackend>),
+    );
+    #[cfg(feature = "cuda")]
+    out.extend(gpu().map(|g| Box::new(g) as Box<dyn FusionBackend>));
+    out
 }
 
 /// Every shift backend of this build.
