@@ -39,9 +39,11 @@
 //! # Ok::<(), a3d::Error>(())
 //! ```
 
+mod backward;
 pub(crate) mod cpu_kernel;
 #[cfg(target_arch = "x86_64")]
 mod direct;
+mod geometry;
 pub mod reference;
 
 use crate::ops::fusion::{check_dtype, check_shape, FusionDims};
