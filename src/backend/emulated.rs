@@ -83,28 +83,6 @@ impl Emulated {
         crate::fusion::launch::resident_blocks(self.sm_count, 9)
     }
 
-    pub(crate) fn launch(
-        &self,
-        l: &crate::fusion::launch::Launch,
-        args: &mut [*mut c_void],
-    ) -> Result<()> {
-        let order = if self.reverse_threads {
-            Order::Descending
-        } else {
-            Order::Ascending
-        };
-        // SAFETY: callers build `args` from live values of exactly the kernel's parameter types
-        // (typed pointers into `Buffer`s sized for the launch's shape, and the params struct);
-        // the launch is synchronous, so they outlive it.
-        unsafe {
-            emulation::launch_ordered(&l.name, l.grid, crate::fusion::launch::BLOCK, args, order)
-        }
-        .map_err(|message| Error::Backend {
-            backend: "emulation",
-            message,
-        })
-    }
-
     /// Runs a described launch (module kernels are all registered under their own names).
     pub(crate) fn run(&self, l: &KernelLaunch, args: &mut [*mut c_void]) -> Result<()> {
         let order = if self.reverse_threads {

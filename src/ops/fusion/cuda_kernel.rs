@@ -4,14 +4,15 @@
 //! The typed launchers take cudarc views, so callers holding device memory of their own (e.g.
 //! candle storage) can run the kernels on it without copies.
 
-use super::launch::{self, Launch};
+use super::launch;
 use super::{check_backward, check_forward, check_outputs, FusionDims, Grads};
+use crate::cuda::launch::prepare;
 use crate::cuda::launch::{check_bf16, Slices};
 use crate::cuda::{driver_error, CudaDevice, CudaElement, CudaTensor};
 use crate::dtype::with_dtype;
 use crate::kernel_params::A3dFusionParams;
 use crate::{Error, Result};
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 
 // SAFETY: A3dFusionParams is `#[repr(C)]` plain data (five u64), laid out exactly as the C
 // struct the kernels take by value (bindgen's layout assertions check it).
@@ -24,14 +25,6 @@ pub struct CudaGradients {
     pub dx: Option<CudaTensor>,
     /// `dw`, `[D, D, C]`.
     pub dw: Option<CudaTensor>,
-}
-
-fn config(l: &Launch) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: l.grid,
-        block_dim: launch::BLOCK,
-        shared_mem_bytes: 0,
-    }
 }
 
 fn resident(device: &CudaDevice) -> u64 {
@@ -77,14 +70,14 @@ fn launch_mix<T: CudaElement>(
         return Ok(());
     }
     let plan = launch::elementwise(op, dims, T::DTYPE, resident(device), launch::MAX_GRID_Y);
-    let f = device.function("fusion", &plan.name)?;
+    let (f, cfg) = prepare(device, &plan)?;
     let params = launch::params(dims, 0);
     let mut b = device.stream().launch_builder(&f);
     b.arg(input).arg(w).arg(out).arg(&params);
     // SAFETY: the argument list matches the kernel's signature (const T*, const T*, T*,
     // A3dFusionParams by value) and every buffer holds the elements the kernel indexes for
     // `dims` (checked above); cudarc orders the launch after pending work on these buffers.
-    unsafe { b.launch(config(&plan)) }.map_err(driver_error)?;
+    unsafe { b.launch(cfg) }.map_err(driver_error)?;
     Ok(())
 }
 
@@ -116,17 +109,17 @@ pub fn launch_grad_weight<T: CudaElement>(
     // block writes all D*D entries of its slot) before the reduce kernel, queued after it on
     // the same stream, reads any.
     let mut partials = unsafe { stream.alloc::<f32>(plan.partials_len) }.map_err(driver_error)?;
-    let partial = device.function("fusion", &plan.partial.name)?;
+    let (partial, partial_cfg) = prepare(device, &plan.partial)?;
     let mut b = stream.launch_builder(&partial);
     b.arg(x).arg(dy).arg(&mut partials).arg(&plan.params);
     // SAFETY: (const T* x, const T* dy, float* partials, params); the partials buffer holds
     // C * partial_blocks * D * D floats, the size the plan's grid writes.
-    unsafe { b.launch(config(&plan.partial)) }.map_err(driver_error)?;
-    let reduce = device.function("fusion", &plan.reduce.name)?;
+    unsafe { b.launch(partial_cfg) }.map_err(driver_error)?;
+    let (reduce, reduce_cfg) = prepare(device, &plan.reduce)?;
     let mut b = stream.launch_builder(&reduce);
     b.arg(&partials).arg(dw).arg(&plan.params);
     // SAFETY: (const float* partials, T* dw, params); dw holds D*D*C elements.
-    unsafe { b.launch(config(&plan.reduce)) }.map_err(driver_error)?;
+    unsafe { b.launch(reduce_cfg) }.map_err(driver_error)?;
     Ok(())
 }
 

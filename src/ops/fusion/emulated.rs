@@ -30,7 +30,7 @@ impl Emulated {
         );
         let (mut px, mut pw, mut py) = (xb.ptr(), wb.ptr(), yb.ptr_mut());
         let mut params = launch::params(dims, 0);
-        self.launch(
+        self.run(
             &plan,
             &mut [arg(&mut px), arg(&mut pw), arg(&mut py), arg(&mut params)],
         )?;
@@ -60,7 +60,7 @@ impl Emulated {
             );
             let (mut pdy, mut pw, mut pdx) = (dyb.ptr(), wb.ptr(), dxb.ptr_mut());
             let mut params = launch::params(dims, 0);
-            self.launch(
+            self.run(
                 &plan,
                 &mut [arg(&mut pdy), arg(&mut pw), arg(&mut pdx), arg(&mut params)],
             )?;
@@ -80,13 +80,13 @@ impl Emulated {
             let (mut px, mut pdy) = (xb.ptr(), dyb.ptr());
             let mut pp = partials.as_mut_ptr();
             let mut params = plan.params;
-            self.launch(
+            self.run(
                 &plan.partial,
                 &mut [arg(&mut px), arg(&mut pdy), arg(&mut pp), arg(&mut params)],
             )?;
             let mut pp_const = partials.as_ptr();
             let mut pdw = dwb.ptr_mut();
-            self.launch(
+            self.run(
                 &plan.reduce,
                 &mut [arg(&mut pp_const), arg(&mut pdw), arg(&mut params)],
             )?;

@@ -4,6 +4,7 @@
 
 use super::FusionDims;
 use crate::kernel_params::{A3dFusionParams, A3D_FUSION_BLOCK};
+use crate::ops::common::KernelLaunch;
 use crate::DType;
 
 /// Threads per block of every fusion kernel.
@@ -12,11 +13,17 @@ const BLOCK_THREADS: u64 = A3D_FUSION_BLOCK as u64;
 /// Largest depth with specialised (`_d<N>`) kernels.
 pub(crate) const MAX_SPECIALISED_DEPTH: usize = 16;
 
-/// One kernel launch: which kernel, over which grid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Launch {
-    pub name: String,
-    pub grid: (u32, u32, u32),
+/// One fusion kernel launch (module `fusion`, 256-thread blocks, no dynamic shared memory).
+pub(crate) type Launch = KernelLaunch;
+
+fn fusion_launch(name: String, grid: (u32, u32, u32)) -> Launch {
+    KernelLaunch {
+        module: "fusion",
+        name,
+        grid,
+        block: BLOCK,
+        shared_mem_bytes: 0,
+    }
 }
 
 /// The launches of a grad-weight pass: partial sums, then their fixed-order reduction.
@@ -95,10 +102,10 @@ pub(crate) fn elementwise(
         .div_ceil(units_per_block_step(dims, dtype))
         .max(1);
     let gx = (4 * resident).div_ceil(gy).clamp(1, chunks);
-    Launch {
-        name: kernel_name(op, dtype, dims.depth),
-        grid: (gx as u32, gy as u32, 1),
-    }
+    fusion_launch(
+        kernel_name(op, dtype, dims.depth),
+        (gx as u32, gy as u32, 1),
+    )
 }
 
 /// Units in one shared-memory tile of grad-weight: `DwCfg<D, V>::TU` of fusion.cu (more
@@ -136,14 +143,14 @@ pub(crate) fn grad_weight(
         .div_ceil(BLOCK_THREADS)
         .clamp(1, 4 * sm_count.max(1) as u64);
     GradWeightPlan {
-        partial: Launch {
-            name: kernel_name("grad_weight_partial", dtype, dims.depth),
-            grid: (partial_blocks as u32, gy as u32, 1),
-        },
-        reduce: Launch {
-            name: format!("fusion_grad_weight_reduce_{dtype}"),
-            grid: (reduce_blocks as u32, 1, 1),
-        },
+        partial: fusion_launch(
+            kernel_name("grad_weight_partial", dtype, dims.depth),
+            (partial_blocks as u32, gy as u32, 1),
+        ),
+        reduce: fusion_launch(
+            format!("fusion_grad_weight_reduce_{dtype}"),
+            (reduce_blocks as u32, 1, 1),
+        ),
         params: params(dims, partial_blocks),
         partials_len: (entries * partial_blocks) as usize,
     }
