@@ -6,7 +6,8 @@
 #
 # prepare: installs the pinned nvcc (scripts/install-cuda-toolchain.sh), builds the CLI
 #   (`a3d-cli`, feature cuda) and the test executables of `a3d` (feature cuda) in release mode,
-#   copies them to gpu-check/bin/{a3d,test-<target>} (test-a3d = the library's unit tests),
+#   copies them to gpu-check/bin/{a3d,test-<target>} (test-a3d = the library's unit tests; only
+#   the targets that run kernels on the GPU: a3d, cuda, fusion, shift, depthconv, torch_parity),
 #   strips them, writes gpu-check/build-info.txt, checks the size that travels, and prints the
 #   device call to make: carry ["gpu-check"], command `bash scripts/gpu-check.sh run "$OUT"`.
 #
@@ -86,6 +87,7 @@ for p in m["packages"]:
 import json, os, re, shutil, sys
 src, bindir, checkdir = sys.argv[1:4]
 copied, ptxas = {}, []
+GPU_TESTS = {"test-a3d", "test-cuda", "test-fusion", "test-shift", "test-depthconv", "test-torch_parity"}
 for line in open(src):
     line = line.strip()
     if not line.startswith("{"):
@@ -107,6 +109,10 @@ for line in open(src):
         if not is_a3d:
             continue
         name = "test-" + t["name"].replace("-", "_")
+        # Only the test binaries that run kernels on the GPU travel (each embeds every fatbin):
+        # the library's unit tests, the CUDA runtime tests and the ops' backend loops.
+        if name not in GPU_TESTS:
+            continue
     elif t["name"] == "a3d" and "bin" in t["kind"]:
         name = "a3d"
     else:
