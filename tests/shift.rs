@@ -81,7 +81,8 @@ fn every_backend_matches_the_reference() {
             }
         }
     }
-    assert!(checked > 300, "{checked} checks");
+    // Every case ran on every backend (the cases: 6 shapes x fold_divs x 3 settings x 3 dtypes).
+    assert_eq!(checked, 180 * backends.len(), "{checked} checks");
 }
 
 /// The backward pass is the transpose: <shift(x), dy> = <x, shift^T(dy)>.
