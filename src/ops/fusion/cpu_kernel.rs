@@ -107,9 +107,61 @@ fn mix_rows<F: Tier, const D: usize, O: AsMut<[f32]>>(
     }
 }
 
+/// Constant depth `D`: two input slices at a time, their `2 * D` accumulator blocks held in
+/// arrays of constant length (registers) and the `D` dy rows as an array of slices, so the
+/// pixel loop has no memory traffic but the loads of x and dy. Each accumulator sees its
+/// products in the same order as in the general path: the same bits.
+#[inline(always)]
+fn accumulate_dw_fixed<F: Tier, const D: usize>(x: &[&[f32]], dy: &[&[f32]], acc: &mut [Lanes]) {
+    let dyr: [&[f32]; D] = std::array::from_fn(|k| dy[k]);
+    let mut d = 0;
+    while d + 1 < D {
+        let (head, tail) = acc[d * D..(d + 2) * D].split_at_mut(D);
+        dw_rows::<F, D, 2>([x[d], x[d + 1]], &dyr, [head, tail]);
+        d += 2;
+    }
+    if d < D {
+        dw_rows::<F, D, 1>([x[d]], &dyr, [&mut acc[d * D..(d + 1) * D]]);
+    }
+}
+
+/// The accumulators of `R` input slices (`R * D` lane blocks, constant indices: registers)
+/// over the tile's pixels; every `dy` block loaded feeds `R` of them.
+#[inline(always)]
+fn dw_rows<F: Tier, const D: usize, const R: usize>(
+    x: [&[f32]; R],
+    dy: &[&[f32]; D],
+    acc: [&mut [Lanes]; R],
+) {
+    let mut regs: [[Lanes; D]; R] = std::array::from_fn(|r| std::array::from_fn(|k| acc[r][k]));
+    let n = x[0].len();
+    let full = n / LANES * LANES;
+    let mut p = 0;
+    while p < full {
+        let xv: [&Lanes; R] = std::array::from_fn(|r| lanes_at(x[r], p));
+        for k in 0..D {
+            let yv = lanes_at(dy[k], p);
+            for r in 0..R {
+                regs[r][k] = mul_add_lanes::<F>(xv[r], yv, regs[r][k]);
+            }
+        }
+        p += LANES;
+    }
+    for (l, p) in (full..n).enumerate() {
+        for k in 0..D {
+            for r in 0..R {
+                regs[r][k][l] = F::mul_add(x[r][p], dy[k][p], regs[r][k][l]);
+            }
+        }
+    }
+    for (a, r) in acc.into_iter().zip(&regs) {
+        a.copy_from_slice(r);
+    }
+}
+
 /// `acc[d * depth + k][p % LANES] += x[d][p] * dy[k][p]` over the tile's pixels: a fixed order,
-/// whatever thread runs it. With a constant depth the accumulators of one `d` row stay in
-/// registers for the whole pixel loop.
+/// whatever thread runs it. A constant depth takes [`accumulate_dw_fixed`]; this is the general
+/// path.
 #[inline(always)]
 fn accumulate_dw<F: Tier, const D: usize>(
     depth: usize,
@@ -117,6 +169,9 @@ fn accumulate_dw<F: Tier, const D: usize>(
     dy: &[&[f32]],
     acc: &mut [Lanes],
 ) {
+    if D > 0 {
+        return accumulate_dw_fixed::<F, D>(x, dy, acc);
+    }
     let dy = &dy[..depth];
     let (mut a_arr, mut a_vec) = lane_blocks::<D>(depth);
     let (mut b_arr, mut b_vec) = lane_blocks::<D>(depth);
@@ -543,5 +598,35 @@ pub(crate) fn backward<T: Element>(
     }
     for (out, s) in dw.iter_mut().zip(&sums) {
         *out = T::from_f32(*s as f32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::tier::Baseline;
+
+    /// The constant-depth accumulation gives the same bits as the general path, for even and
+    /// odd depths and a pixel count that is not a multiple of the lane width.
+    #[test]
+    fn constant_depth_dw_equals_the_general_path() {
+        fn check<const D: usize>() {
+            let mut rng = crate::rng::SplitMix64::new(D as u64);
+            let n = 16 * 5 + 7;
+            let rows: Vec<Vec<f32>> = (0..2 * D).map(|_| rng.vec_f32(n, -1.0, 1.0)).collect();
+            let x: Vec<&[f32]> = rows[..D].iter().map(|r| &r[..]).collect();
+            let dy: Vec<&[f32]> = rows[D..].iter().map(|r| &r[..]).collect();
+            let start = vec![[0.25f32; LANES]; D * D];
+            let (mut fixed, mut general) = (start.clone(), start);
+            accumulate_dw::<Baseline, D>(D, &x, &dy, &mut fixed);
+            accumulate_dw::<Baseline, 0>(D, &x, &dy, &mut general);
+            let bits = |a: &[Lanes]| a.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fixed), bits(&general), "D = {D}");
+        }
+        check::<1>();
+        check::<2>();
+        check::<3>();
+        check::<7>();
+        check::<16>();
     }
 }
