@@ -105,7 +105,7 @@ impl Row {
     pub fn to_table_line(&self) -> String {
         let s = self.shape;
         format!(
-            "{:<7} {:<9} {:<5} {:<5} {:<20} {:>10.3} {:>10.3} {:>8.2} {:>8.1}",
+            "{:<10} {:<9} {:<5} {:<5} {:<20} {:>10.3} {:>10.3} {:>8.2} {:>8.1}",
             self.op,
             self.pass,
             self.device,
@@ -124,7 +124,7 @@ pub fn print_header(threads: usize) {
         "threads: {threads}; medians of interleaved runs; copy = read + write of x's bytes once"
     );
     crate::say!(
-        "{:<7} {:<9} {:<5} {:<5} {:<20} {:>10} {:>10} {:>8} {:>8}",
+        "{:<10} {:<9} {:<5} {:<5} {:<20} {:>10} {:>10} {:>8} {:>8}",
         "op",
         "pass",
         "dev",
