@@ -95,23 +95,29 @@ fn dot_lanes<F: Tier>(a: &[f32], b: &[f32]) -> Lanes {
 }
 
 /// The f32 view of the D rows of one chunk: the rows themselves for f32 storage, else a ring of
-/// K widened rows (slice `d` in slot `d % K`), filled as the sweep reaches them.
-struct SliceRows<'a, T> {
+/// K widened rows (slice `d` in slot `d % K`, buffers reused from the worker's [`Scratch`]),
+/// filled as the sweep reaches them.
+struct SliceRows<'a, 's, T> {
     src: Vec<&'a [T]>,
     direct: Option<Vec<&'a [f32]>>,
-    ring: Vec<Vec<f32>>,
+    ring: &'s mut Vec<Vec<f32>>,
     held: Vec<Option<usize>>,
 }
 
-impl<'a, T: Element> SliceRows<'a, T> {
-    fn new(src: Vec<&'a [T]>, slots: usize) -> SliceRows<'a, T> {
+impl<'a, 's, T: Element> SliceRows<'a, 's, T> {
+    fn new(src: Vec<&'a [T]>, slots: usize, ring: &'s mut Vec<Vec<f32>>) -> SliceRows<'a, 's, T> {
         let direct: Option<Vec<&[f32]>> = src.iter().map(|r| T::as_f32(r)).collect();
         let n = src.first().map_or(0, |r| r.len());
         let slots = if direct.is_some() { 0 } else { slots };
+        ring.resize_with(ring.len().max(slots), Vec::new);
+        for row in ring.iter_mut().take(slots) {
+            // Grows (and zero-fills) only the first time a worker sees this length.
+            row.resize(n, 0.0);
+        }
         SliceRows {
             src,
             direct,
-            ring: vec![vec![0.0; n]; slots],
+            ring,
             held: vec![None; slots],
         }
     }
@@ -122,7 +128,7 @@ impl<'a, T: Element> SliceRows<'a, T> {
         if self.direct.is_some() {
             return;
         }
-        let slots = self.ring.len();
+        let slots = self.held.len();
         for d in lo..hi {
             if self.held[d % slots] != Some(d) {
                 T::load_f32(self.src[d], &mut self.ring[d % slots]);
@@ -136,7 +142,7 @@ impl<'a, T: Element> SliceRows<'a, T> {
     fn get(&self, d: usize) -> &[f32] {
         match &self.direct {
             Some(rows) => rows[d],
-            None => &self.ring[d % self.ring.len()],
+            None => &self.ring[d % self.held.len()],
         }
     }
 }
@@ -169,11 +175,21 @@ fn plane_rows<T>(
         .collect()
 }
 
+/// What one rayon worker keeps between its items: the widened rings and the output tile, so an
+/// item allocates and zero-fills nothing of the chunk's size.
+#[derive(Default)]
+struct Scratch {
+    input: Vec<Vec<f32>>,
+    x: Vec<Vec<f32>>,
+    tile: Vec<f32>,
+}
+
 #[inline(always)]
 fn item<F: Tier, T: Element, const UNUSED: usize>(
     a: &Pass<'_, T>,
     i: usize,
     partial: Option<&mut [f64]>,
+    scratch: &mut Scratch,
 ) {
     let dims = &a.dims.input;
     let (depth, pixels, ntaps) = (dims.depth, dims.pixels, a.dims.taps);
@@ -183,24 +199,28 @@ fn item<F: Tier, T: Element, const UNUSED: usize>(
     let taps = &a.taps[c * ntaps..(c + 1) * ntaps];
     let p0 = chunk * CHUNK_PIXELS;
     let n = CHUNK_PIXELS.min(pixels - p0);
-    let mut input = SliceRows::new(plane_rows(a.input, bc, depth, pixels, p0, n), ntaps);
+    let Scratch {
+        input: input_ring,
+        x: x_ring,
+        tile,
+    } = scratch;
+    let mut input = SliceRows::new(
+        plane_rows(a.input, bc, depth, pixels, p0, n),
+        ntaps,
+        input_ring,
+    );
     let mut x =
         a.x.filter(|_| partial.is_some())
-            .map(|x| SliceRows::new(plane_rows(x, bc, depth, pixels, p0, n), ntaps));
+            .map(|x| SliceRows::new(plane_rows(x, bc, depth, pixels, p0, n), ntaps, x_ring));
     // SAFETY: the output holds B*C*D*P elements (checked by the caller) and item `i` is the only
     // one writing pixels p0..p0+n of plane pair `bc`.
     let mut out_rows = a
         .out
         .map(|o| unsafe { o.rows_mut(bc, depth, pixels, p0, n) });
     let staged_out = a.stream || T::as_f32(&[]).is_none();
-    let mut tile = vec![
-        0.0f32;
-        if staged_out && out_rows.is_some() {
-            TILE
-        } else {
-            0
-        }
-    ];
+    if staged_out && out_rows.is_some() {
+        tile.resize(TILE, 0.0);
+    }
     let mut writer = RowWriter::<F, T>::new(a.stream, TILE);
     let mut acc = vec![[0.0f32; LANES]; if x.is_some() { ntaps } else { 0 }];
     for k in 0..depth {
@@ -244,7 +264,29 @@ fn item<F: Tier, T: Element, const UNUSED: usize>(
         }
     }
 }
-multiversion!(item_entry, item, (a: &Pass<'_, T>, i: usize, partial: Option<&mut [f64]>));
+multiversion!(
+    item_entry,
+    item,
+    (a: &Pass<'_, T>, i: usize, partial: Option<&mut [f64]>, scratch: &mut Scratch)
+);
+
+/// Runs every item of `pass`, each worker with its own [`Scratch`]; with `partials`, item `i`
+/// writes its `dv` partial sums to `partials[i * K..(i + 1) * K]`.
+fn run_items<T: Element>(pass: &Pass<'_, T>, items: usize, partials: Option<&mut [f64]>) {
+    let isa: Isa = active_isa();
+    let run = item_entry::<T, 0>;
+    match partials {
+        None => (0..items)
+            .into_par_iter()
+            .for_each_init(Scratch::default, |s, i| run(isa, pass, i, None, s)),
+        Some(partials) => partials
+            .par_chunks_mut(pass.dims.taps)
+            .enumerate()
+            .for_each_init(Scratch::default, |s, (i, slot)| {
+                run(isa, pass, i, Some(slot), s)
+            }),
+    }
+}
 
 /// Per channel taps `[C][K]` from `v[K, C]`, reversed for the input gradient.
 fn channel_taps(v: &[f32], taps: usize, channels: usize, reversed: bool) -> Vec<f32> {
@@ -270,12 +312,7 @@ pub(crate) fn forward<T: Element>(dims: &DepthConvDims, x: &[T], v: &[f32], y: &
         out: Some(SharedOut(y.as_mut_ptr())),
         x: None,
     };
-    let isa: Isa = active_isa();
-    let run: fn(Isa, &Pass<'_, T>, usize, Option<&mut [f64]>) = item_entry::<T, 0>;
-    let items = dims.input.batch * dims.input.channels * chunks;
-    (0..items)
-        .into_par_iter()
-        .for_each(|i| run(isa, &pass, i, None));
+    run_items(&pass, dims.input.batch * dims.input.channels * chunks, None);
 }
 
 /// Writes `dx` when given and `dv` (`[K, C]`) when given, in one pass over `dy`.
@@ -299,20 +336,13 @@ pub(crate) fn backward<T: Element>(
         out: dx.map(|dx| SharedOut(dx.as_mut_ptr())),
         x: dv.is_some().then_some(x),
     };
-    let isa: Isa = active_isa();
-    let run: fn(Isa, &Pass<'_, T>, usize, Option<&mut [f64]>) = item_entry::<T, 0>;
     let items = dims.input.batch * channels * chunks;
     let Some(dv) = dv else {
-        (0..items)
-            .into_par_iter()
-            .for_each(|i| run(isa, &pass, i, None));
+        run_items(&pass, items, None);
         return;
     };
     let mut partials = vec![0.0f64; items * ntaps];
-    partials
-        .par_chunks_mut(ntaps)
-        .enumerate()
-        .for_each(|(i, slot)| run(isa, &pass, i, Some(slot)));
+    run_items(&pass, items, Some(&mut partials));
     // Fixed order: for channel c, items in (batch, chunk) order.
     let mut sums = vec![0.0f64; ntaps * channels];
     for b in 0..dims.input.batch {
