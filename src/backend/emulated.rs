@@ -3,7 +3,7 @@
 //! CI executes the GPU kernels' own source without a GPU. Each op's launches live beside the op
 //! (`src/ops/<op>/emulated.rs`); this file holds the pretend device and its buffers.
 
-use crate::emulation::{self, Order};
+use crate::emulation::{self, arg, Order};
 use crate::ops::common::KernelLaunch;
 use crate::tensor::HostElement;
 use crate::{Error, Result, Tensor};
@@ -120,5 +120,63 @@ impl Emulated {
 impl super::Backend for Emulated {
     fn name(&self) -> String {
         self.label()
+    }
+}
+
+impl Emulated {
+    /// Runs `kernel(a, b, out, params)` (every mixing kernel's signature) on copies of `a` and
+    /// `b` placed as [`Emulated::misaligned`] asks, into a NaN-poisoned output of `out_shape`.
+    ///
+    /// # Safety
+    /// `l` names a kernel taking `(const T*, const T*, T*, P)`, whose accesses over `l`'s grid
+    /// for `params` stay inside `a`, `b` and `out_shape`'s elements.
+    pub(crate) unsafe fn two_in_one_out<T: HostElement, P>(
+        &self,
+        l: &KernelLaunch,
+        a: &[T],
+        b: &[T],
+        out_shape: &[usize],
+        mut params: P,
+    ) -> Result<Tensor> {
+        let off = self.offset();
+        let (ab, bb) = (Buffer::from_slice(a, off), Buffer::from_slice(b, off));
+        let mut out = Buffer::<T>::poisoned(out_shape.iter().product(), off);
+        let (mut pa, mut pb, mut po) = (ab.ptr(), bb.ptr(), out.ptr_mut());
+        self.run(
+            l,
+            &mut [arg(&mut pa), arg(&mut pb), arg(&mut po), arg(&mut params)],
+        )?;
+        out.into_tensor(out_shape)
+    }
+
+    /// The two launches of a deterministic reduction: `partial(a, b, partials, params)` into
+    /// `partials_len` NaN-poisoned floats, then `reduce(partials, out, params)`.
+    ///
+    /// # Safety
+    /// `partial` takes `(const T*, const T*, float*, P)`, `reduce` `(const float*, T*, P)`, and
+    /// their accesses for `params` stay inside `a`, `b`, the partials and `out_shape`'s elements.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn partials_then_reduce<T: HostElement, P>(
+        &self,
+        partial: &KernelLaunch,
+        reduce: &KernelLaunch,
+        partials_len: usize,
+        a: &[T],
+        b: &[T],
+        out_shape: &[usize],
+        mut params: P,
+    ) -> Result<Tensor> {
+        let off = self.offset();
+        let (ab, bb) = (Buffer::from_slice(a, off), Buffer::from_slice(b, off));
+        let mut partials = vec![f32::NAN; partials_len];
+        let mut out = Buffer::<T>::poisoned(out_shape.iter().product(), off);
+        let (mut pa, mut pb, mut pp) = (ab.ptr(), bb.ptr(), partials.as_mut_ptr());
+        self.run(
+            partial,
+            &mut [arg(&mut pa), arg(&mut pb), arg(&mut pp), arg(&mut params)],
+        )?;
+        let (mut pp, mut po) = (partials.as_ptr(), out.ptr_mut());
+        self.run(reduce, &mut [arg(&mut pp), arg(&mut po), arg(&mut params)])?;
+        out.into_tensor(out_shape)
     }
 }

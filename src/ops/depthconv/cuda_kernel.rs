@@ -4,13 +4,13 @@
 //! cudarc views.
 
 use super::{check_backward, check_forward, launch, DepthConvDims};
-use crate::cuda::launch::{check_bf16, prepare, Slices};
+use crate::cuda::launch::{check_bf16, launch_partials_then_reduce, launch_two_in_one_out, Slices};
 use crate::cuda::{driver_error, CudaDevice, CudaElement, CudaTensor};
 use crate::dtype::with_dtype;
 use crate::kernel_params::A3dDepthConvParams;
 use crate::ops::common::MAX_GRID_YZ;
 use crate::{Error, Result};
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
 
 // SAFETY: A3dDepthConvParams is `#[repr(C)]` plain data (six u64), laid out exactly as the C
 // struct the kernels take by value (bindgen's layout assertions check it).
@@ -38,14 +38,10 @@ pub fn launch_mix<T: CudaElement>(
         return Ok(());
     }
     let l = launch::mix(dims, grad_input, T::DTYPE, resident(device), MAX_GRID_YZ);
-    let (f, cfg) = prepare(device, &l)?;
     let params = launch::params(dims, 0);
-    let mut b = device.stream().launch_builder(&f);
-    b.arg(input).arg(v).arg(out).arg(&params);
-    // SAFETY: (const T* in, const T* v, T* out, params by value); in and out hold B*C*D*P
-    // elements and v K*C (checked above), all on this device's stream.
-    unsafe { b.launch(cfg) }.map_err(driver_error)?;
-    Ok(())
+    // SAFETY: the mixing kernels take (const T* in, const T* v, T* out, A3dDepthConvParams) and
+    // index B*C*D*P elements of in / out and K*C of v (lengths checked above).
+    unsafe { launch_two_in_one_out(device, &l, input, v, out, &params) }
 }
 
 /// Queues the two weight-gradient kernels: `dv[K, C]` from `x` and `dy` (`dims.input.len()`
@@ -73,22 +69,21 @@ pub fn launch_grad_weight<T: CudaElement>(
         device.sm_count(),
         MAX_GRID_YZ,
     );
-    // SAFETY: every partial is written by the partial kernel (each block writes all K entries
-    // of its slot, zeros when it had no units) before the reduce kernel, queued after it on the
-    // same stream, reads any.
-    let mut partials = unsafe { stream.alloc::<f32>(plan.partials_len) }.map_err(driver_error)?;
-    let (f, cfg) = prepare(device, &plan.partial)?;
-    let mut b = stream.launch_builder(&f);
-    b.arg(x).arg(dy).arg(&mut partials).arg(&plan.params);
-    // SAFETY: (const T* x, const T* dy, float* partials, params); partials holds
-    // C * partial_blocks * K floats, what the plan's grid writes.
-    unsafe { b.launch(cfg) }.map_err(driver_error)?;
-    let (f, cfg) = prepare(device, &plan.reduce)?;
-    let mut b = stream.launch_builder(&f);
-    b.arg(&partials).arg(dv).arg(&plan.params);
-    // SAFETY: (const float* partials, T* dv, params); dv holds K*C elements (checked above).
-    unsafe { b.launch(cfg) }.map_err(driver_error)?;
-    Ok(())
+    // SAFETY: the partial kernel takes (const T* x, const T* dy, float* partials, params) and
+    // writes all C * partial_blocks * K partials (zeros for blocks without units); the reduce
+    // kernel takes (const float*, T* dv, params); lengths checked above.
+    unsafe {
+        launch_partials_then_reduce(
+            device,
+            &plan.partial,
+            &plan.reduce,
+            plan.partials_len,
+            x,
+            dy,
+            dv,
+            &plan.params,
+        )
+    }
 }
 
 fn check_lengths(dims: &DepthConvDims, big: &[usize], small: usize) -> Result<()> {

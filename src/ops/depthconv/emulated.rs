@@ -2,10 +2,9 @@
 //! launch plans of `launch.rs`, the ones the CUDA backend runs.
 
 use super::{check_backward, check_forward, launch, DepthConvDims};
-use crate::backend::emulated::{Buffer, Emulated};
+use crate::backend::emulated::Emulated;
 use crate::backend::DepthConvBackend;
 use crate::dtype::with_dtype;
-use crate::emulation::arg;
 use crate::fusion::{Gradients, Grads};
 use crate::tensor::HostElement;
 use crate::{Result, Tensor};
@@ -18,10 +17,6 @@ impl Emulated {
         input: &Tensor,
         v: &Tensor,
     ) -> Result<Tensor> {
-        let off = self.offset();
-        let inb = Buffer::from_slice(input.as_slice::<T>()?, off);
-        let vb = Buffer::from_slice(v.as_slice::<T>()?, off);
-        let mut outb = Buffer::<T>::poisoned(dims.input.len(), off);
         let l = launch::mix(
             dims,
             grad_input,
@@ -29,18 +24,17 @@ impl Emulated {
             self.resident(),
             self.max_grid_y.into(),
         );
-        let (mut pin, mut pv, mut pout) = (inb.ptr(), vb.ptr(), outb.ptr_mut());
-        let mut params = launch::params(dims, 0);
-        self.run(
-            &l,
-            &mut [
-                arg(&mut pin),
-                arg(&mut pv),
-                arg(&mut pout),
-                arg(&mut params),
-            ],
-        )?;
-        outb.into_tensor(input.shape())
+        // SAFETY: the mixing kernels take (const T* in, const T* v, T* out, params) and index
+        // B*C*D*P elements of in / out and K*C of v, the validated shapes passed here.
+        unsafe {
+            self.two_in_one_out(
+                &l,
+                input.as_slice::<T>()?,
+                v.as_slice::<T>()?,
+                input.shape(),
+                launch::params(dims, 0),
+            )
+        }
     }
 
     fn depthconv_dv<T: HostElement>(
@@ -49,9 +43,6 @@ impl Emulated {
         x: &Tensor,
         dy: &Tensor,
     ) -> Result<Tensor> {
-        let off = self.offset();
-        let xb = Buffer::from_slice(x.as_slice::<T>()?, off);
-        let dyb = Buffer::from_slice(dy.as_slice::<T>()?, off);
         let plan = launch::grad_weight(
             dims,
             T::DTYPE,
@@ -59,20 +50,20 @@ impl Emulated {
             self.sm_count,
             self.max_grid_y.into(),
         );
-        let mut partials = vec![f32::NAN; plan.partials_len];
-        let mut dvb = Buffer::<T>::poisoned(dims.taps * dims.input.channels, off);
-        let (mut px, mut pdy, mut pp) = (xb.ptr(), dyb.ptr(), partials.as_mut_ptr());
-        let mut params = plan.params;
-        self.run(
-            &plan.partial,
-            &mut [arg(&mut px), arg(&mut pdy), arg(&mut pp), arg(&mut params)],
-        )?;
-        let (mut pp, mut pdv) = (partials.as_ptr(), dvb.ptr_mut());
-        self.run(
-            &plan.reduce,
-            &mut [arg(&mut pp), arg(&mut pdv), arg(&mut params)],
-        )?;
-        dvb.into_tensor(&dims.weight_shape())
+        // SAFETY: the partial kernel takes (const T* x, const T* dy, float*, params) and writes
+        // the plan's partials_len floats; the reduce kernel (const float*, T* dv, params) writes
+        // K*C elements; x and dy have the validated shape.
+        unsafe {
+            self.partials_then_reduce(
+                &plan.partial,
+                &plan.reduce,
+                plan.partials_len,
+                x.as_slice::<T>()?,
+                dy.as_slice::<T>()?,
+                &dims.weight_shape(),
+                plan.params,
+            )
+        }
     }
 }
 

@@ -6,13 +6,13 @@
 
 use super::launch;
 use super::{check_backward, check_forward, check_outputs, FusionDims, Grads};
-use crate::cuda::launch::prepare;
 use crate::cuda::launch::{check_bf16, Slices};
+use crate::cuda::launch::{launch_partials_then_reduce, launch_two_in_one_out};
 use crate::cuda::{driver_error, CudaDevice, CudaElement, CudaTensor};
 use crate::dtype::with_dtype;
 use crate::kernel_params::A3dFusionParams;
 use crate::{Error, Result};
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
 
 // SAFETY: A3dFusionParams is `#[repr(C)]` plain data (five u64), laid out exactly as the C
 // struct the kernels take by value (bindgen's layout assertions check it).
@@ -70,15 +70,10 @@ fn launch_mix<T: CudaElement>(
         return Ok(());
     }
     let plan = launch::elementwise(op, dims, T::DTYPE, resident(device), launch::MAX_GRID_Y);
-    let (f, cfg) = prepare(device, &plan)?;
     let params = launch::params(dims, 0);
-    let mut b = device.stream().launch_builder(&f);
-    b.arg(input).arg(w).arg(out).arg(&params);
-    // SAFETY: the argument list matches the kernel's signature (const T*, const T*, T*,
-    // A3dFusionParams by value) and every buffer holds the elements the kernel indexes for
-    // `dims` (checked above); cudarc orders the launch after pending work on these buffers.
-    unsafe { b.launch(cfg) }.map_err(driver_error)?;
-    Ok(())
+    // SAFETY: forward and grad-input take (const T* in, const T* w, T* out, A3dFusionParams)
+    // and index B*C*D*P elements of in / out and D*D*C of w (lengths checked above).
+    unsafe { launch_two_in_one_out(device, &plan, input, w, out, &params) }
 }
 
 /// Queues the two grad-weight kernels: per-block partial sums into a scratch buffer, then their
@@ -105,22 +100,21 @@ pub fn launch_grad_weight<T: CudaElement>(
         device.sm_count(),
         launch::MAX_GRID_Y,
     );
-    // SAFETY: every element of the partials buffer is written by the partial kernel (each
-    // block writes all D*D entries of its slot) before the reduce kernel, queued after it on
-    // the same stream, reads any.
-    let mut partials = unsafe { stream.alloc::<f32>(plan.partials_len) }.map_err(driver_error)?;
-    let (partial, partial_cfg) = prepare(device, &plan.partial)?;
-    let mut b = stream.launch_builder(&partial);
-    b.arg(x).arg(dy).arg(&mut partials).arg(&plan.params);
-    // SAFETY: (const T* x, const T* dy, float* partials, params); the partials buffer holds
-    // C * partial_blocks * D * D floats, the size the plan's grid writes.
-    unsafe { b.launch(partial_cfg) }.map_err(driver_error)?;
-    let (reduce, reduce_cfg) = prepare(device, &plan.reduce)?;
-    let mut b = stream.launch_builder(&reduce);
-    b.arg(&partials).arg(dw).arg(&plan.params);
-    // SAFETY: (const float* partials, T* dw, params); dw holds D*D*C elements.
-    unsafe { b.launch(reduce_cfg) }.map_err(driver_error)?;
-    Ok(())
+    // SAFETY: the partial kernel takes (const T* x, const T* dy, float* partials, params) and
+    // writes all C * partial_blocks * D * D partials (each block writes every entry of its
+    // slot); the reduce kernel takes (const float*, T* dw, params); lengths checked above.
+    unsafe {
+        launch_partials_then_reduce(
+            device,
+            &plan.partial,
+            &plan.reduce,
+            plan.partials_len,
+            x,
+            dy,
+            dw,
+            &plan.params,
+        )
+    }
 }
 
 fn check_lengths(dims: &FusionDims, big: &[usize], small: usize) -> Result<()> {

@@ -3,38 +3,32 @@
 
 use super::launch;
 use super::{check_backward, check_forward, FusionDims, Gradients, Grads};
-use crate::backend::emulated::{Buffer, Emulated};
+use crate::backend::emulated::Emulated;
 use crate::backend::FusionBackend;
 use crate::dtype::with_dtype;
-use crate::emulation::arg;
 use crate::tensor::HostElement;
 use crate::{Result, Tensor};
 
 impl Emulated {
-    fn forward_typed<T: HostElement>(
+    fn mix_typed<T: HostElement>(
         &self,
+        op: &str,
         dims: &FusionDims,
-        x: &Tensor,
+        input: &Tensor,
         w: &Tensor,
     ) -> Result<Tensor> {
-        let off = self.offset();
-        let xb = Buffer::from_slice(x.as_slice::<T>()?, off);
-        let wb = Buffer::from_slice(w.as_slice::<T>()?, off);
-        let mut yb = Buffer::<T>::poisoned(dims.len(), off);
-        let plan = launch::elementwise(
-            "forward",
-            dims,
-            T::DTYPE,
-            self.resident(),
-            self.max_grid_y.into(),
-        );
-        let (mut px, mut pw, mut py) = (xb.ptr(), wb.ptr(), yb.ptr_mut());
-        let mut params = launch::params(dims, 0);
-        self.run(
-            &plan,
-            &mut [arg(&mut px), arg(&mut pw), arg(&mut py), arg(&mut params)],
-        )?;
-        yb.into_tensor(x.shape())
+        let plan = launch::elementwise(op, dims, T::DTYPE, self.resident(), self.max_grid_y.into());
+        // SAFETY: forward and grad-input take (const T* in, const T* w, T* out, params) and
+        // index B*C*D*P elements of in / out and D*D*C of w, the validated shapes passed here.
+        unsafe {
+            self.two_in_one_out(
+                &plan,
+                input.as_slice::<T>()?,
+                w.as_slice::<T>()?,
+                input.shape(),
+                launch::params(dims, 0),
+            )
+        }
     }
 
     fn backward_typed<T: HostElement>(
@@ -45,29 +39,11 @@ impl Emulated {
         dy: &Tensor,
         grads: Grads,
     ) -> Result<Gradients> {
-        let off = self.offset();
-        let wb = Buffer::from_slice(w.as_slice::<T>()?, off);
-        let dyb = Buffer::from_slice(dy.as_slice::<T>()?, off);
         let mut out = Gradients { dx: None, dw: None };
         if grads.input {
-            let mut dxb = Buffer::<T>::poisoned(dims.len(), off);
-            let plan = launch::elementwise(
-                "grad_input",
-                dims,
-                T::DTYPE,
-                self.resident(),
-                self.max_grid_y.into(),
-            );
-            let (mut pdy, mut pw, mut pdx) = (dyb.ptr(), wb.ptr(), dxb.ptr_mut());
-            let mut params = launch::params(dims, 0);
-            self.run(
-                &plan,
-                &mut [arg(&mut pdy), arg(&mut pw), arg(&mut pdx), arg(&mut params)],
-            )?;
-            out.dx = Some(dxb.into_tensor(x.shape())?);
+            out.dx = Some(self.mix_typed::<T>("grad_input", dims, dy, w)?);
         }
         if grads.weight {
-            let xb = Buffer::from_slice(x.as_slice::<T>()?, off);
             let plan = launch::grad_weight(
                 dims,
                 T::DTYPE,
@@ -75,22 +51,20 @@ impl Emulated {
                 self.sm_count,
                 self.max_grid_y.into(),
             );
-            let mut partials = vec![f32::NAN; plan.partials_len];
-            let mut dwb = Buffer::<T>::poisoned(dims.depth * dims.depth * dims.channels, off);
-            let (mut px, mut pdy) = (xb.ptr(), dyb.ptr());
-            let mut pp = partials.as_mut_ptr();
-            let mut params = plan.params;
-            self.run(
-                &plan.partial,
-                &mut [arg(&mut px), arg(&mut pdy), arg(&mut pp), arg(&mut params)],
-            )?;
-            let mut pp_const = partials.as_ptr();
-            let mut pdw = dwb.ptr_mut();
-            self.run(
-                &plan.reduce,
-                &mut [arg(&mut pp_const), arg(&mut pdw), arg(&mut params)],
-            )?;
-            out.dw = Some(dwb.into_tensor(&dims.weight_shape())?);
+            // SAFETY: the partial kernel takes (const T* x, const T* dy, float*, params) and
+            // writes the plan's partials_len floats; the reduce kernel (const float*, T* dw,
+            // params) writes D*D*C elements; x and dy have the validated shape.
+            out.dw = Some(unsafe {
+                self.partials_then_reduce(
+                    &plan.partial,
+                    &plan.reduce,
+                    plan.partials_len,
+                    x.as_slice::<T>()?,
+                    dy.as_slice::<T>()?,
+                    &dims.weight_shape(),
+                    plan.params,
+                )
+            }?);
         }
         Ok(out)
     }
@@ -102,7 +76,7 @@ impl FusionBackend for Emulated {
         if dims.is_empty() {
             return Tensor::zeros(x.shape(), x.dtype());
         }
-        with_dtype!(x.dtype(), T => self.forward_typed::<T>(&dims, x, w))
+        with_dtype!(x.dtype(), T => self.mix_typed::<T>("forward", &dims, x, w))
     }
 
     fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients> {
