@@ -47,6 +47,48 @@ pub struct ConvInfo {
     pub flops: f64,
 }
 
+/// What the rows of one measured problem share; [`RowSet::row`] adds a pass.
+pub struct RowSet {
+    pub op: &'static str,
+    pub device: String,
+    pub dtype: DType,
+    pub shape: [usize; 5],
+    /// CPU threads (0 on a GPU).
+    pub threads: usize,
+    pub copy_ms: f64,
+}
+
+impl RowSet {
+    /// The rows of a CPU run on the current rayon pool.
+    pub fn cpu(op: &'static str, dtype: DType, shape: [usize; 5], copy_ms: f64) -> RowSet {
+        let threads = rayon::current_num_threads();
+        RowSet {
+            op,
+            device: "cpu".into(),
+            dtype,
+            shape,
+            threads,
+            copy_ms,
+        }
+    }
+
+    /// One pass of a memory-bound op moving at least `bytes`.
+    pub fn row(&self, pass: &'static str, median_ms: f64, bytes: usize) -> Row {
+        Row {
+            op: self.op,
+            pass,
+            device: self.device.clone(),
+            dtype: self.dtype,
+            shape: self.shape,
+            threads: self.threads,
+            median_ms,
+            copy_ms: self.copy_ms,
+            bytes,
+            conv: None,
+        }
+    }
+}
+
 impl Row {
     pub fn ratio_to_copy(&self) -> f64 {
         self.median_ms / self.copy_ms
@@ -223,21 +265,10 @@ pub fn fusion_cpu(shape: [usize; 5], dtype: DType, runs: usize) -> Result<Vec<Ro
         &mut [&mut run_copy, &mut run_forward, &mut run_backward],
     );
     let (copy, fwd, bwd) = (medians[0], medians[1], medians[2]);
-    let row = |pass, median_ms, bytes| Row {
-        op: "fusion",
-        pass,
-        device: "cpu".into(),
-        dtype,
-        shape,
-        threads: rayon::current_num_threads(),
-        median_ms,
-        copy_ms: copy,
-        bytes,
-        conv: None,
-    };
+    let rows = RowSet::cpu("fusion", dtype, shape, copy);
     Ok(vec![
-        row("forward", fwd, 2 * x_bytes),
-        row("backward", bwd, 3 * x_bytes),
+        rows.row("forward", fwd, 2 * x_bytes),
+        rows.row("backward", bwd, 3 * x_bytes),
     ])
 }
 
@@ -299,22 +330,18 @@ pub fn fusion_cuda(
     let both = median_gpu_ms(dev, runs, || {
         fc::backward_into(&x, &w, &dy, Some(&mut dx), Some(&mut dw))
     })?;
-    let row = |pass, median_ms, bytes| Row {
+    let rows = RowSet {
         op: "fusion",
-        pass,
         device: format!("cuda:{}", dev.ordinal()),
         dtype,
         shape,
         threads: 0,
-        median_ms,
         copy_ms: copy,
-        bytes,
-        conv: None,
     };
     Ok(vec![
-        row("forward", fwd, 2 * x_bytes),
-        row("grad_input", gin, 2 * x_bytes),
-        row("grad_weight", gw, 2 * x_bytes),
-        row("backward", both, 4 * x_bytes),
+        rows.row("forward", fwd, 2 * x_bytes),
+        rows.row("grad_input", gin, 2 * x_bytes),
+        rows.row("grad_weight", gw, 2 * x_bytes),
+        rows.row("backward", both, 4 * x_bytes),
     ])
 }

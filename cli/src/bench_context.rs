@@ -2,7 +2,7 @@
 //! the same rows and JSON keys as `a3d bench fusion` and a copy of the same bytes timed in the
 //! same interleaved rounds.
 
-use crate::bench::{interleaved_medians_ms, Copy, Row};
+use crate::bench::{interleaved_medians_ms, Copy, Row, RowSet};
 use a3d::shift::Shift;
 use a3d::{depthconv, DType, Tensor};
 
@@ -65,7 +65,8 @@ pub fn context_cpu(
     let mut dx = Tensor::zeros(&shape, dtype).map_err(s)?;
     let x_bytes = x.size_in_bytes();
     let mut copy = Copy::try_new(x_bytes)?;
-    let (fwd, bwd, bwd_bytes) = match op {
+    // Medians of (copy, forward, backward), and the bytes the backward must move.
+    let (medians, bwd_bytes) = match op {
         ContextOp::Tsm | ContextOp::AlignShift => {
             let shift = if op == ContextOp::Tsm {
                 Shift::tsm(Shift::DEFAULT_FOLD_DIV).map_err(s)?
@@ -87,7 +88,7 @@ pub fn context_cpu(
                 runs,
                 &mut [&mut run_copy, &mut run_forward, &mut run_backward],
             );
-            (m, "backward", 2 * x_bytes)
+            (m, 2 * x_bytes)
         }
         ContextOp::DepthConv => {
             let v = depthconv::init_weights(depthconv::DEFAULT_TAPS, shape[1], 7)
@@ -107,24 +108,13 @@ pub fn context_cpu(
                 runs,
                 &mut [&mut run_copy, &mut run_forward, &mut run_backward],
             );
-            (m, "backward", 3 * x_bytes)
+            (m, 3 * x_bytes)
         }
     };
-    let row = |pass, median_ms, bytes| Row {
-        op: op.name(),
-        pass,
-        device: "cpu".into(),
-        dtype,
-        shape,
-        threads: rayon::current_num_threads(),
-        median_ms,
-        copy_ms: fwd[0],
-        bytes,
-        conv: None,
-    };
+    let rows = RowSet::cpu(op.name(), dtype, shape, medians[0]);
     Ok(vec![
-        row("forward", fwd[1], 2 * x_bytes),
-        row(bwd, fwd[2], bwd_bytes),
+        rows.row("forward", medians[1], 2 * x_bytes),
+        rows.row("backward", medians[2], bwd_bytes),
     ])
 }
 
@@ -179,20 +169,16 @@ pub fn context_cuda(
             (f, b, 3 * x_bytes)
         }
     };
-    let row = |pass, median_ms, bytes| Row {
+    let rows = RowSet {
         op: op.name(),
-        pass,
         device: format!("cuda:{}", dev.ordinal()),
         dtype,
         shape,
         threads: 0,
-        median_ms,
         copy_ms: copy,
-        bytes,
-        conv: None,
     };
     Ok(vec![
-        row("forward", fwd, 2 * x_bytes),
-        row("backward", bwd, bwd_bytes),
+        rows.row("forward", fwd, 2 * x_bytes),
+        rows.row("backward", bwd, bwd_bytes),
     ])
 }
