@@ -13,7 +13,8 @@
 
 use super::FusionDims;
 use crate::cpu::tier::{
-    by_depth, depth_of, multiversion, RowWriter, SharedOut, Tier, STREAM_BYTES,
+    by_depth, depth_of, multiversion, prefetch_rows, RowWriter, SharedOut, Tier, PREFETCH_L1,
+    STREAM_BYTES,
 };
 use crate::cpu::{active_isa, Isa};
 use crate::Element;
@@ -48,6 +49,18 @@ fn mul_add_scalar<F: Tier>(a: f32, b: &Lanes, c: Lanes) -> Lanes {
 #[inline(always)]
 fn lanes_at(row: &[f32], p: usize) -> &Lanes {
     row[p..p + LANES].try_into().unwrap_or(&[0.0; LANES])
+}
+
+/// The `LANES` values of `row` starting at `p`, without a bounds check.
+///
+/// # Safety
+/// `p + LANES <= row.len()`.
+#[inline(always)]
+unsafe fn lanes_unchecked(row: &[f32], p: usize) -> Lanes {
+    debug_assert!(p + LANES <= row.len());
+    // SAFETY: the caller guarantees LANES readable elements from `p`; `Lanes` is an array of
+    // f32, alignment 4, as the slice's elements.
+    unsafe { std::ptr::read_unaligned(row.as_ptr().add(p).cast::<Lanes>()) }
 }
 
 /// `depth` lane blocks: a register-sized local array for a constant depth, a heap buffer for
@@ -136,13 +149,18 @@ fn dw_rows<F: Tier, const D: usize, const R: usize>(
     let mut regs: [[Lanes; D]; R] = std::array::from_fn(|r| std::array::from_fn(|k| acc[r][k]));
     let n = x[0].len();
     let full = n / LANES * LANES;
+    // The pixel loop must have no exit but its end, or LLVM keeps the accumulators in memory
+    // (a store per multiply-add): check every row once here, load unchecked below.
+    assert!(x.iter().chain(dy.iter()).all(|row| row.len() >= n));
     let mut p = 0;
     while p < full {
-        let xv: [&Lanes; R] = std::array::from_fn(|r| lanes_at(x[r], p));
+        // SAFETY: p + LANES <= full <= n <= every row's length (asserted above).
+        let xv: [Lanes; R] = std::array::from_fn(|r| unsafe { lanes_unchecked(x[r], p) });
         for k in 0..D {
-            let yv = lanes_at(dy[k], p);
+            // SAFETY: as above.
+            let yv = unsafe { lanes_unchecked(dy[k], p) };
             for r in 0..R {
-                regs[r][k] = mul_add_lanes::<F>(xv[r], yv, regs[r][k]);
+                regs[r][k] = mul_add_lanes::<F>(&xv[r], &yv, regs[r][k]);
             }
         }
         p += LANES;
@@ -485,6 +503,14 @@ fn backward_item<F: Tier, T: Element, const D: usize>(
     let mut p = 0;
     while p < n {
         let m = tile.min(n - p);
+        // The next tile's rows, while this one is computed: 2 * D planes are more streams than
+        // the hardware prefetchers follow.
+        let next = (p + m)..(p + 2 * m).min(n);
+        for rows in [Some(&dy_rows), x_rows.as_ref()].into_iter().flatten() {
+            for row in rows {
+                prefetch_rows::<T, { PREFETCH_L1 }>(&[&row[next.clone()]]);
+            }
+        }
         let dy = tile_rows(&dy_rows, p, m, &mut stage_dy);
         if let Some(dx_rows) = dx_rows.as_mut() {
             if direct {
