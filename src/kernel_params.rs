@@ -8,6 +8,8 @@
 pub const A3D_DEPTHCONV_BLOCK: u32 = 256;
 pub const A3D_DEPTHCONV_MAX_TAPS: u32 = 7;
 pub const A3D_FUSION_BLOCK: u32 = 256;
+pub const A3D_NMS_TILE: u32 = 64;
+pub const A3D_IOU_BLOCK: u32 = 256;
 pub const A3D_SHIFT_BLOCK: u32 = 256;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -70,6 +72,36 @@ const _: () = {
         [::core::mem::offset_of!(A3dFusionParams, pixels) - 24usize];
     ["Offset of field: A3dFusionParams::partial_blocks"]
         [::core::mem::offset_of!(A3dFusionParams, partial_blocks) - 32usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct A3dBoxParams {
+    #[doc = " Boxes in `a` (NMS: the boxes)."]
+    pub n_a: u64,
+    #[doc = " Boxes in `b` (NMS: unused, equal to n_a)."]
+    pub n_b: u64,
+    #[doc = " 1 for the inclusive (+1) pixel convention, 0 for the continuous one."]
+    pub offset: f32,
+    #[doc = " NMS: suppress when IoU > threshold (or >= with suppress_equal)."]
+    pub threshold: f32,
+    #[doc = " NMS: 1 to suppress at IoU == threshold too."]
+    pub suppress_equal: u32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of A3dBoxParams"][::core::mem::size_of::<A3dBoxParams>() - 32usize];
+    ["Alignment of A3dBoxParams"][::core::mem::align_of::<A3dBoxParams>() - 8usize];
+    ["Offset of field: A3dBoxParams::n_a"][::core::mem::offset_of!(A3dBoxParams, n_a) - 0usize];
+    ["Offset of field: A3dBoxParams::n_b"][::core::mem::offset_of!(A3dBoxParams, n_b) - 8usize];
+    ["Offset of field: A3dBoxParams::offset"]
+        [::core::mem::offset_of!(A3dBoxParams, offset) - 16usize];
+    ["Offset of field: A3dBoxParams::threshold"]
+        [::core::mem::offset_of!(A3dBoxParams, threshold) - 20usize];
+    ["Offset of field: A3dBoxParams::suppress_equal"]
+        [::core::mem::offset_of!(A3dBoxParams, suppress_equal) - 24usize];
+    ["Offset of field: A3dBoxParams::reserved"]
+        [::core::mem::offset_of!(A3dBoxParams, reserved) - 28usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

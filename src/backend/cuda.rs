@@ -2,7 +2,8 @@
 //! downloaded (the selftest and the tests use it; a program keeping data on the device calls
 //! the ops' device functions, e.g. `a3d::fusion::cuda`, directly).
 
-use super::{Backend, DepthConvBackend, FusionBackend, ShiftBackend};
+use super::{Backend, BoxBackend, DepthConvBackend, FusionBackend, ShiftBackend};
+use crate::boxes::{self, Nms, PixelConvention};
 use crate::cuda::CudaTensor;
 use crate::fusion::{self, FusionDims, Gradients, Grads};
 use crate::shift::Shift;
@@ -111,5 +112,20 @@ impl DepthConvBackend for Cuda {
             dx: dx.map(|t| t.download()).transpose()?,
             dw: dv.map(|t| t.download()).transpose()?,
         })
+    }
+}
+
+impl BoxBackend for Cuda {
+    fn iou_matrix(
+        &self,
+        a: &[[f32; 4]],
+        b: &[[f32; 4]],
+        convention: PixelConvention,
+    ) -> Result<Vec<f32>> {
+        boxes::cuda::iou_matrix(&self.device, a, b, convention)
+    }
+
+    fn nms(&self, nms: &Nms, b: &[[f32; 4]], scores: &[f32]) -> Result<Vec<usize>> {
+        boxes::cuda::nms(&self.device, nms, b, scores)
     }
 }

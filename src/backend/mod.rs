@@ -16,6 +16,7 @@ pub use cuda::Cuda;
 #[cfg(feature = "emulation")]
 pub use emulated::Emulated;
 
+use crate::boxes::{Nms, PixelConvention};
 use crate::fusion::{self, FusionDims, Gradients, Grads};
 use crate::shift::Shift;
 use crate::{depthconv, Result, Tensor};
@@ -27,8 +28,8 @@ pub trait Backend {
 }
 
 /// A backend that runs every op family (what `a3d selftest` loops over).
-pub trait OpBackend: FusionBackend + ShiftBackend + DepthConvBackend {}
-impl<B: FusionBackend + ShiftBackend + DepthConvBackend> OpBackend for B {}
+pub trait OpBackend: FusionBackend + ShiftBackend + DepthConvBackend + BoxBackend {}
+impl<B: FusionBackend + ShiftBackend + DepthConvBackend + BoxBackend> OpBackend for B {}
 
 /// A3D fusion on a backend.
 pub trait FusionBackend: Backend {
@@ -58,6 +59,19 @@ pub trait DepthConvBackend: Backend {
         dy: &Tensor,
         grads: Grads,
     ) -> Result<Gradients>;
+}
+
+/// IoU and NMS on a backend.
+pub trait BoxBackend: Backend {
+    /// `IoU(a[i], b[j])` at `[i * b.len() + j]`.
+    fn iou_matrix(
+        &self,
+        a: &[[f32; 4]],
+        b: &[[f32; 4]],
+        convention: PixelConvention,
+    ) -> Result<Vec<f32>>;
+    /// The kept indices, highest score first (as [`Nms::run`]).
+    fn nms(&self, nms: &Nms, boxes: &[[f32; 4]], scores: &[f32]) -> Result<Vec<usize>>;
 }
 
 /// The CPU kernels.
@@ -131,5 +145,20 @@ impl DepthConvBackend for Cpu {
         let mut dw = poisoned(grads.weight, v.shape(), x)?;
         depthconv::backward_into(x, v, dy, dx.as_mut(), dw.as_mut())?;
         Ok(Gradients { dx, dw })
+    }
+}
+
+impl BoxBackend for Cpu {
+    fn iou_matrix(
+        &self,
+        a: &[[f32; 4]],
+        b: &[[f32; 4]],
+        convention: PixelConvention,
+    ) -> Result<Vec<f32>> {
+        crate::boxes::iou_matrix(a, b, convention)
+    }
+
+    fn nms(&self, nms: &Nms, boxes: &[[f32; 4]], scores: &[f32]) -> Result<Vec<usize>> {
+        nms.run(boxes, scores)
     }
 }

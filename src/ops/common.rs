@@ -65,6 +65,15 @@ pub(crate) fn check_rank(
     }
 }
 
+/// A zeroed f32 buffer of `len` elements for a result of `shape`, or `Error::OutOfMemory`
+/// instead of an abort: every buffer sized from user input goes through here.
+pub(crate) fn zeroed_f32(len: usize, shape: &[usize]) -> Result<Vec<f32>> {
+    crate::tensor::try_zeroed_vec(len).ok_or_else(|| Error::OutOfMemory {
+        shape: shape.to_vec(),
+        bytes: len.saturating_mul(4),
+    })
+}
+
 /// One kernel launch, described once and run by both the CUDA backend and the host emulation:
 /// the module (`kernels/<module>.cu`), the kernel, the grid, the block and the dynamic shared
 /// memory. The arguments are passed in the kernel's parameter order by each op's launcher.

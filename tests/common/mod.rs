@@ -3,7 +3,7 @@
 //! random tensors.
 #![allow(dead_code)]
 
-use a3d::backend::{Cpu, DepthConvBackend, FusionBackend, ShiftBackend};
+use a3d::backend::{BoxBackend, Cpu, DepthConvBackend, FusionBackend, ShiftBackend};
 use a3d::rng::SplitMix64;
 use a3d::{DType, Tensor};
 
@@ -48,52 +48,42 @@ fn gpu() -> Option<a3d::backend::Cuda> {
     }
 }
 
+/// Every backend of this build implementing `$trait`: the CPU, the emulations, a GPU.
+macro_rules! backends_of {
+    ($trait:ident) => {{
+        // Extended only in builds with the emulation or CUDA.
+        #[allow(unused_mut)]
+        let mut out: Vec<Box<dyn $trait>> = vec![Box::new(Cpu)];
+        #[cfg(feature = "emulation")]
+        out.extend(
+            emulations()
+                .into_iter()
+                .map(|e| Box::new(e) as Box<dyn $trait>),
+        );
+        #[cfg(feature = "cuda")]
+        out.extend(gpu().map(|g| Box::new(g) as Box<dyn $trait>));
+        out
+    }};
+}
+
 /// Every fusion backend of this build.
 pub fn fusion_backends() -> Vec<Box<dyn FusionBackend>> {
-    // Extended only in builds with the emulation or CUDA.
-    #[allow(unused_mut)]
-    let mut out: Vec<Box<dyn FusionBackend>> = vec![Box::new(Cpu)];
-    #[cfg(feature = "emulation")]
-    out.extend(
-        emulations()
-            .into_iter()
-            .map(|e| Box::new(e) as Box<dyn FusionBackend>),
-    );
-    #[cfg(feature = "cuda")]
-    out.extend(gpu().map(|g| Box::new(g) as Box<dyn FusionBackend>));
-    out
+    backends_of!(FusionBackend)
 }
 
 /// Every shift backend of this build.
 pub fn shift_backends() -> Vec<Box<dyn ShiftBackend>> {
-    // Extended only in builds with the emulation or CUDA.
-    #[allow(unused_mut)]
-    let mut out: Vec<Box<dyn ShiftBackend>> = vec![Box::new(Cpu)];
-    #[cfg(feature = "emulation")]
-    out.extend(
-        emulations()
-            .into_iter()
-            .map(|e| Box::new(e) as Box<dyn ShiftBackend>),
-    );
-    #[cfg(feature = "cuda")]
-    out.extend(gpu().map(|g| Box::new(g) as Box<dyn ShiftBackend>));
-    out
+    backends_of!(ShiftBackend)
 }
 
 /// Every depth-convolution backend of this build.
 pub fn depthconv_backends() -> Vec<Box<dyn DepthConvBackend>> {
-    // Extended only in builds with the emulation or CUDA.
-    #[allow(unused_mut)]
-    let mut out: Vec<Box<dyn DepthConvBackend>> = vec![Box::new(Cpu)];
-    #[cfg(feature = "emulation")]
-    out.extend(
-        emulations()
-            .into_iter()
-            .map(|e| Box::new(e) as Box<dyn DepthConvBackend>),
-    );
-    #[cfg(feature = "cuda")]
-    out.extend(gpu().map(|g| Box::new(g) as Box<dyn DepthConvBackend>));
-    out
+    backends_of!(DepthConvBackend)
+}
+
+/// Every IoU / NMS backend of this build.
+pub fn box_backends() -> Vec<Box<dyn BoxBackend>> {
+    backends_of!(BoxBackend)
 }
 
 /// Whether a backend name is the CPU (which takes any size, where kernels have limits).

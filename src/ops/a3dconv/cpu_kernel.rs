@@ -29,8 +29,7 @@ pub(crate) use super::backward::backward;
 use super::direct::DirectPlan;
 use super::geometry::Geometry;
 use super::A3dConvDims;
-use crate::tensor::try_zeroed_vec;
-use crate::{Error, Result};
+use crate::Result;
 use rayon::prelude::*;
 
 /// Working set of one task (im2col slab plus fused block) that stays in a 2 MiB L2 beside the
@@ -53,13 +52,7 @@ pub(crate) struct RawGradients {
     pub d_fusion_weight: Option<Vec<f32>>,
 }
 
-/// A zeroed buffer, or `Error::OutOfMemory` instead of an abort.
-pub(super) fn alloc(len: usize, shape: &[usize]) -> Result<Vec<f32>> {
-    try_zeroed_vec(len).ok_or_else(|| Error::OutOfMemory {
-        shape: shape.to_vec(),
-        bytes: len.saturating_mul(4),
-    })
-}
+pub(super) use crate::ops::common::zeroed_f32 as alloc;
 
 /// A pointer that rayon tasks may share; each task writes a disjoint part of the buffer.
 #[derive(Clone, Copy)]
