@@ -10,6 +10,7 @@ pub const A3D_DEPTHCONV_MAX_TAPS: u32 = 7;
 pub const A3D_FUSION_BLOCK: u32 = 256;
 pub const A3D_NMS_TILE: u32 = 64;
 pub const A3D_IOU_BLOCK: u32 = 256;
+pub const A3D_ROI_ALIGN_BLOCK: u32 = 256;
 pub const A3D_SHIFT_BLOCK: u32 = 256;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -102,6 +103,55 @@ const _: () = {
         [::core::mem::offset_of!(A3dBoxParams, suppress_equal) - 24usize];
     ["Offset of field: A3dBoxParams::reserved"]
         [::core::mem::offset_of!(A3dBoxParams, reserved) - 28usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct A3dRoiAlignParams {
+    #[doc = " N: images."]
+    pub batch: u64,
+    #[doc = " C: channels."]
+    pub channels: u64,
+    #[doc = " H: feature rows."]
+    pub height: u64,
+    #[doc = " W: feature columns."]
+    pub width: u64,
+    #[doc = " K: RoIs."]
+    pub rois: u64,
+    #[doc = " Output rows per RoI."]
+    pub pooled_h: u64,
+    #[doc = " Output columns per RoI."]
+    pub pooled_w: u64,
+    #[doc = " Samples per bin axis; 0 = ceil(roi size / pooled) per RoI."]
+    pub sampling_ratio: u64,
+    #[doc = " Feature pixels per input pixel."]
+    pub spatial_scale: f32,
+    #[doc = " 0: the reference (mmdetection 1.0) rules; 1: torchvision's aligned=True."]
+    pub aligned: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of A3dRoiAlignParams"][::core::mem::size_of::<A3dRoiAlignParams>() - 72usize];
+    ["Alignment of A3dRoiAlignParams"][::core::mem::align_of::<A3dRoiAlignParams>() - 8usize];
+    ["Offset of field: A3dRoiAlignParams::batch"]
+        [::core::mem::offset_of!(A3dRoiAlignParams, batch) - 0usize];
+    ["Offset of field: A3dRoiAlignParams::channels"]
+        [::core::mem::offset_of!(A3dRoiAlignParams, channels) - 8usize];
+    ["Offset of field: A3dRoiAlignParams::height"]
+        [::core::mem::offset_of!(A3dRoiAlignParams, height) - 16usize];
+    ["Offset of field: A3dRoiAlignParams::width"]
+        [::core::mem::offset_of!(A3dRoiAlignParams, width) - 24usize];
+    ["Offset of field: A3dRoiAlignParams::rois"]
+        [::core::mem::offset_of!(A3dRoiAlignParams, rois) - 32usize];
+    ["Offset of field: A3dRoiAlignParams::pooled_h"]
+        [::core::mem::offset_of!(A3dRoiAlignParams, pooled_h) - 40usize];
+    ["Offset of field: A3dRoiAlignParams::pooled_w"]
+        [::core::mem::offset_of!(A3dRoiAlignParams, pooled_w) - 48usize];
+    ["Offset of field: A3dRoiAlignParams::sampling_ratio"]
+        [::core::mem::offset_of!(A3dRoiAlignParams, sampling_ratio) - 56usize];
+    ["Offset of field: A3dRoiAlignParams::spatial_scale"]
+        [::core::mem::offset_of!(A3dRoiAlignParams, spatial_scale) - 64usize];
+    ["Offset of field: A3dRoiAlignParams::aligned"]
+        [::core::mem::offset_of!(A3dRoiAlignParams, aligned) - 68usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

@@ -7,73 +7,15 @@ mod common;
 
 use a3d::fusion::Grads;
 use a3d::shift::Shift;
-use a3d::{DType, Tensor};
-use common::{depthconv_backends, relative_error, shift_backends};
-use safetensors::{Dtype, SafeTensors};
-
-struct Fixtures {
-    bytes: Vec<u8>,
-}
-
-impl Fixtures {
-    /// The committed fixture file: at the build's source path, else (a test binary carried to
-    /// another machine, e.g. by scripts/gpu-check.sh) relative to the working directory.
-    fn load() -> Fixtures {
-        const NAME: &str = "tests/fixtures/context_ops.safetensors";
-        let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(NAME);
-        let path = if built.is_file() { built } else { NAME.into() };
-        let bytes =
-            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        Fixtures { bytes }
-    }
-
-    fn file(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.bytes).expect("a safetensors file")
-    }
-
-    fn meta(&self, key: &str) -> String {
-        let (_, header) = SafeTensors::read_metadata(&self.bytes).expect("header");
-        header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(key))
-            .unwrap_or_else(|| panic!("metadata {key}"))
-            .clone()
-    }
-
-    /// A tensor's values as f64 and its shape (f32 or f64 in the file).
-    fn values(&self, name: &str) -> (Vec<f64>, Vec<usize>) {
-        let file = self.file();
-        let t = file.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let data = t.data();
-        let values = match t.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-                .collect(),
-            Dtype::F64 => data
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .collect(),
-            other => panic!("{name}: unexpected dtype {other:?}"),
-        };
-        (values, t.shape().to_vec())
-    }
-
-    /// An f32 input tensor stored as `dtype` (exact for f32).
-    fn tensor(&self, name: &str, dtype: DType) -> Tensor {
-        let (v, shape) = self.values(name);
-        let v: Vec<f32> = v.iter().map(|&a| a as f32).collect();
-        Tensor::from_f32(&v, &shape, dtype).expect("tensor")
-    }
-}
+use a3d::DType;
+use common::{depthconv_backends, relative_error, shift_backends, Fixtures};
 
 /// Error bound against PyTorch's float64: f32 arithmetic on the same inputs.
 const F32_TOLERANCE: f64 = 1e-6;
 
 #[test]
 fn shifts_match_pytorch() {
-    let fx = Fixtures::load();
+    let fx = Fixtures::load("context_ops");
     let mut cases = Vec::new();
     for case in ["tsm_fd8", "tsm_fd3"] {
         let fold_div: usize = fx
@@ -127,7 +69,7 @@ fn shifts_match_pytorch() {
 
 #[test]
 fn depth_conv_matches_pytorch() {
-    let fx = Fixtures::load();
+    let fx = Fixtures::load("context_ops");
     for case in ["depthconv_k3", "depthconv_k5"] {
         let x = fx.tensor(&format!("{case}.x"), DType::F32);
         let v = fx.tensor(&format!("{case}.v"), DType::F32);

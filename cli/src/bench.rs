@@ -20,10 +20,12 @@ pub struct Row {
     pub pass: &'static str,
     pub device: String,
     pub dtype: DType,
-    pub shape: [usize; 5],
+    pub shape: Vec<usize>,
     pub threads: usize,
     pub median_ms: f64,
     pub copy_ms: f64,
+    /// Bytes the copy baseline reads (and writes): x's bytes for the memory-bound ops.
+    pub copied_bytes: usize,
     /// Bytes the pass must move at the least (read inputs once, write outputs once).
     pub bytes: usize,
     /// The convolution of an A3DConv pass (`None` for fusion, whose JSON keeps its keys).
@@ -52,23 +54,41 @@ pub struct RowSet {
     pub op: &'static str,
     pub device: String,
     pub dtype: DType,
-    pub shape: [usize; 5],
+    pub shape: Vec<usize>,
     /// CPU threads (0 on a GPU).
     pub threads: usize,
     pub copy_ms: f64,
+    /// Bytes the copy baseline reads (and writes).
+    pub copied_bytes: usize,
 }
 
 impl RowSet {
     /// The rows of a CPU run on the current rayon pool.
-    pub fn cpu(op: &'static str, dtype: DType, shape: [usize; 5], copy_ms: f64) -> RowSet {
-        let threads = rayon::current_num_threads();
+    pub fn cpu(op: &'static str, dtype: DType, shape: &[usize], copy_ms: f64) -> RowSet {
         RowSet {
             op,
             device: "cpu".into(),
             dtype,
-            shape,
-            threads,
+            shape: shape.to_vec(),
+            threads: rayon::current_num_threads(),
             copy_ms,
+            copied_bytes: shape.iter().product::<usize>() * dtype.size_in_bytes(),
+        }
+    }
+
+    /// The rows of a GPU run: the copy moves x's bytes.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(
+        op: &'static str,
+        dev: &a3d::cuda::CudaDevice,
+        dtype: DType,
+        shape: &[usize],
+        copy_ms: f64,
+    ) -> RowSet {
+        RowSet {
+            device: format!("cuda:{}", dev.ordinal()),
+            threads: 0,
+            ..RowSet::cpu(op, dtype, shape, copy_ms)
         }
     }
 
@@ -79,10 +99,11 @@ impl RowSet {
             pass,
             device: self.device.clone(),
             dtype: self.dtype,
-            shape: self.shape,
+            shape: self.shape.clone(),
             threads: self.threads,
             median_ms,
             copy_ms: self.copy_ms,
+            copied_bytes: self.copied_bytes,
             bytes,
             conv: None,
         }
@@ -98,10 +119,9 @@ impl Row {
         self.bytes as f64 / (self.median_ms * 1e-3) / 1e9
     }
 
-    /// The copy moves x's bytes twice (read + write); `bytes` of a pass is at least 2 * x.
+    /// The copy moves its bytes twice (read + write).
     fn copy_gbps(&self) -> f64 {
-        let x_bytes = self.shape.iter().product::<usize>() * self.dtype.size_in_bytes();
-        2.0 * x_bytes as f64 / (self.copy_ms * 1e-3) / 1e9
+        2.0 * self.copied_bytes as f64 / (self.copy_ms * 1e-3) / 1e9
     }
 
     /// Convolution GFLOP/s of an A3DConv pass.
@@ -145,14 +165,14 @@ impl Row {
     }
 
     pub fn to_table_line(&self) -> String {
-        let s = self.shape;
+        let shape: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
         format!(
             "{:<10} {:<9} {:<5} {:<5} {:<20} {:>10.3} {:>10.3} {:>8.2} {:>8.1}",
             self.op,
             self.pass,
             self.device,
             self.dtype.as_str(),
-            format!("[{},{},{},{},{}]", s[0], s[1], s[2], s[3], s[4]),
+            format!("[{}]", shape.join(",")),
             self.median_ms,
             self.copy_ms,
             self.ratio_to_copy(),
@@ -265,7 +285,7 @@ pub fn fusion_cpu(shape: [usize; 5], dtype: DType, runs: usize) -> Result<Vec<Ro
         &mut [&mut run_copy, &mut run_forward, &mut run_backward],
     );
     let (copy, fwd, bwd) = (medians[0], medians[1], medians[2]);
-    let rows = RowSet::cpu("fusion", dtype, shape, copy);
+    let rows = RowSet::cpu("fusion", dtype, &shape, copy);
     Ok(vec![
         rows.row("forward", fwd, 2 * x_bytes),
         rows.row("backward", bwd, 3 * x_bytes),
@@ -330,14 +350,7 @@ pub fn fusion_cuda(
     let both = median_gpu_ms(dev, runs, || {
         fc::backward_into(&x, &w, &dy, Some(&mut dx), Some(&mut dw))
     })?;
-    let rows = RowSet {
-        op: "fusion",
-        device: format!("cuda:{}", dev.ordinal()),
-        dtype,
-        shape,
-        threads: 0,
-        copy_ms: copy,
-    };
+    let rows = RowSet::cuda("fusion", dev, dtype, &shape, copy);
     Ok(vec![
         rows.row("forward", fwd, 2 * x_bytes),
         rows.row("grad_input", gin, 2 * x_bytes),

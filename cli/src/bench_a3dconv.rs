@@ -54,7 +54,7 @@ pub fn print_header(threads: usize) {
 }
 
 pub fn table_line(row: &Row) -> String {
-    let s = row.shape;
+    let s = &row.shape;
     let layer = match row.conv {
         Some(c) => format!(
             "o{} k{} s{} p{} l{}{}{}",
@@ -147,10 +147,11 @@ pub fn a3dconv_cpu(
         pass,
         device: "cpu".into(),
         dtype,
-        shape,
+        shape: shape.to_vec(),
         threads: rayon::current_num_threads(),
         median_ms,
         copy_ms,
+        copied_bytes: shape.iter().product::<usize>() * dtype.size_in_bytes(),
         bytes,
         conv: Some(ConvInfo {
             out_channels: o,

@@ -111,7 +111,7 @@ pub fn context_cpu(
             (m, 3 * x_bytes)
         }
     };
-    let rows = RowSet::cpu(op.name(), dtype, shape, medians[0]);
+    let rows = RowSet::cpu(op.name(), dtype, &shape, medians[0]);
     Ok(vec![
         rows.row("forward", medians[1], 2 * x_bytes),
         rows.row("backward", medians[2], bwd_bytes),
@@ -169,14 +169,7 @@ pub fn context_cuda(
             (f, b, 3 * x_bytes)
         }
     };
-    let rows = RowSet {
-        op: op.name(),
-        device: format!("cuda:{}", dev.ordinal()),
-        dtype,
-        shape,
-        threads: 0,
-        copy_ms: copy,
-    };
+    let rows = RowSet::cuda(op.name(), dev, dtype, &shape, copy);
     Ok(vec![
         rows.row("forward", fwd, 2 * x_bytes),
         rows.row("backward", bwd, bwd_bytes),

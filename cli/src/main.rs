@@ -10,6 +10,7 @@
 mod bench;
 mod bench_a3dconv;
 mod bench_context;
+mod bench_detection;
 
 /// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
 macro_rules! say {
@@ -66,9 +67,13 @@ struct BenchArgs {
     /// Storage dtype(s): f32, f16, bf16, a comma list, or `all`.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Input shape `B,C,D,H,W` (repeatable); default: the standard set.
+    /// Input shape (repeatable): `B,C,D,H,W` for the context ops, `N,C,H,W` (the features) for
+    /// roi-align, the box count for nms; default: the standard set.
     #[arg(long, value_parser = parse_shape)]
-    shape: Vec<[usize; 5]>,
+    shape: Vec<Vec<usize>>,
+    /// RoIs per run of `a3d bench roi-align`.
+    #[arg(long, default_value_t = 300)]
+    rois: usize,
     /// Timed repetitions per pass (the median is reported).
     #[arg(long, default_value_t = 15)]
     runs: usize,
@@ -156,6 +161,12 @@ enum BenchOp {
     /// Symmetric depth convolution (K = 3): forward and backward (dx + dv).
     #[value(name = "depthconv")]
     DepthConv,
+    /// RoIAlign 7x7, sampling 2, scale 1/4 (the reference box head), `--rois` proposal-like
+    /// boxes: forward and backward (the features' gradient).
+    #[value(name = "roi-align")]
+    RoiAlign,
+    /// NMS at IoU 0.7 of clustered proposal-like boxes (the reference RPN's setting).
+    Nms,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,13 +181,24 @@ enum DeviceArg {
     Cuda,
 }
 
-fn parse_shape(s: &str) -> Result<[usize; 5], String> {
-    let dims: Vec<usize> = s
-        .split(',')
+fn parse_shape(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
         .map(|v| v.trim().parse::<usize>().map_err(|e| format!("`{v}`: {e}")))
-        .collect::<Result<_, _>>()?;
-    dims.try_into()
-        .map_err(|d: Vec<usize>| format!("shape needs 5 dimensions B,C,D,H,W, got {}", d.len()))
+        .collect()
+}
+
+/// `--shape` values of an op taking `N` dimensions (`layout` names them).
+fn shapes_of<const N: usize>(
+    given: &[Vec<usize>],
+    layout: &str,
+) -> Result<Vec<[usize; N]>, String> {
+    given
+        .iter()
+        .map(|d| {
+            <[usize; N]>::try_from(d.as_slice())
+                .map_err(|_| format!("--shape {d:?}: this op takes {N} dimensions {layout}"))
+        })
+        .collect()
 }
 
 fn parse_dtypes(s: &str) -> Result<Vec<DType>, String> {
@@ -241,6 +263,12 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
             }
             run_fusion_bench(args, &dtypes, &pool)
         }
+        BenchOp::RoiAlign | BenchOp::Nms => {
+            if let Some(flag) = args.conv.any_given() {
+                return Err(format!("{flag} applies to `a3d bench a3dconv` only"));
+            }
+            run_detection_bench(args, &dtypes, &pool)
+        }
     }
 }
 
@@ -252,7 +280,7 @@ fn run_fusion_bench(
     let shapes = if args.shape.is_empty() {
         bench::DEFAULT_SHAPES.to_vec()
     } else {
-        args.shape.clone()
+        shapes_of::<5>(&args.shape, "B,C,D,H,W")?
     };
     let device = match args.device {
         DeviceArg::Cpu | DeviceArg::All => BenchDevice::Cpu,
@@ -268,7 +296,7 @@ fn run_fusion_bench(
                 BenchOp::Tsm => Some(bench_context::ContextOp::Tsm),
                 BenchOp::AlignShift => Some(bench_context::ContextOp::AlignShift),
                 BenchOp::DepthConv => Some(bench_context::ContextOp::DepthConv),
-                BenchOp::Fusion | BenchOp::A3dconv => None,
+                BenchOp::Fusion | BenchOp::A3dconv | BenchOp::RoiAlign | BenchOp::Nms => None,
             };
             let rows = match (&device, context) {
                 (BenchDevice::Cpu, Some(op)) => {
@@ -298,6 +326,63 @@ fn run_fusion_bench(
     Ok(())
 }
 
+fn run_detection_bench(
+    args: &BenchArgs,
+    dtypes: &[DType],
+    pool: &rayon::ThreadPool,
+) -> Result<(), String> {
+    let device = match args.device {
+        DeviceArg::Cpu | DeviceArg::All => BenchDevice::Cpu,
+        DeviceArg::Emulated => return Err("the emulation is for correctness, not timing".into()),
+        DeviceArg::Cuda => cuda_bench_device()?,
+    };
+    if !args.json {
+        bench::print_header(pool.current_num_threads());
+    }
+    let mut rows = Vec::new();
+    if matches!(args.op, BenchOp::Nms) {
+        let counts = if args.shape.is_empty() {
+            vec![[bench_detection::DEFAULT_NMS_BOXES]]
+        } else {
+            shapes_of::<1>(&args.shape, "(the box count)")?
+        };
+        for [n] in counts {
+            rows.extend(match &device {
+                BenchDevice::Cpu => pool.install(|| bench_detection::nms_cpu(n, args.runs))?,
+                #[cfg(feature = "cuda")]
+                BenchDevice::Cuda(dev) => bench_detection::nms_cuda(dev, n, args.runs)?,
+            });
+        }
+    } else {
+        let shapes = if args.shape.is_empty() {
+            vec![bench_detection::DEFAULT_ROI_FEATURES]
+        } else {
+            shapes_of::<4>(&args.shape, "N,C,H,W")?
+        };
+        for shape in shapes {
+            for &dtype in dtypes {
+                rows.extend(match &device {
+                    BenchDevice::Cpu => pool.install(|| {
+                        bench_detection::roi_align_cpu(shape, args.rois, dtype, args.runs)
+                    })?,
+                    #[cfg(feature = "cuda")]
+                    BenchDevice::Cuda(dev) => {
+                        bench_detection::roi_align_cuda(dev, shape, args.rois, dtype, args.runs)?
+                    }
+                });
+            }
+        }
+    }
+    for row in rows {
+        if args.json {
+            say!("{}", row.to_json());
+        } else {
+            say!("{}", row.to_table_line());
+        }
+    }
+    Ok(())
+}
+
 fn run_a3dconv_bench(
     args: &BenchArgs,
     dtypes: &[DType],
@@ -317,9 +402,10 @@ fn run_a3dconv_bench(
     let c = &args.conv;
     let cases: Vec<([usize; 5], usize, usize)> = match (c.out_channels, c.kernel) {
         (None, None) if args.shape.is_empty() => bench_a3dconv::DEFAULT_CASES.to_vec(),
-        (Some(o), Some(k)) if !args.shape.is_empty() => {
-            args.shape.iter().map(|&shape| (shape, o, k)).collect()
-        }
+        (Some(o), Some(k)) if !args.shape.is_empty() => shapes_of::<5>(&args.shape, "B,C,D,H,W")?
+            .into_iter()
+            .map(|shape| (shape, o, k))
+            .collect(),
         _ => {
             return Err(
                 "give --shape, --out-channels and --kernel together, or none of them for the \
@@ -452,7 +538,9 @@ fn run_selftest(device: DeviceArg, seed: Option<u64>) -> ExitCode {
         let checks = selftest::run_fusion(backend.as_ref(), seed)
             .into_iter()
             .chain(selftest::run_shift(backend.as_ref(), seed))
-            .chain(selftest::run_depthconv(backend.as_ref(), seed));
+            .chain(selftest::run_depthconv(backend.as_ref(), seed))
+            .chain(selftest::run_boxes(backend.as_ref(), seed))
+            .chain(selftest::run_roi_align(backend.as_ref(), seed));
         for check in checks {
             say!("{check}");
             if check.passed() {

@@ -2,10 +2,11 @@
 //! downloaded (the selftest and the tests use it; a program keeping data on the device calls
 //! the ops' device functions, e.g. `a3d::fusion::cuda`, directly).
 
-use super::{Backend, BoxBackend, DepthConvBackend, FusionBackend, ShiftBackend};
+use super::{Backend, BoxBackend, DepthConvBackend, FusionBackend, RoiAlignBackend, ShiftBackend};
 use crate::boxes::{self, Nms, PixelConvention};
 use crate::cuda::CudaTensor;
 use crate::fusion::{self, FusionDims, Gradients, Grads};
+use crate::roi_align::{self, RoiAlign};
 use crate::shift::Shift;
 use crate::{depthconv, Result, Tensor};
 
@@ -127,5 +128,35 @@ impl BoxBackend for Cuda {
 
     fn nms(&self, nms: &Nms, b: &[[f32; 4]], scores: &[f32]) -> Result<Vec<usize>> {
         boxes::cuda::nms(&self.device, nms, b, scores)
+    }
+}
+
+impl RoiAlignBackend for Cuda {
+    fn roi_align_forward(
+        &self,
+        op: &RoiAlign,
+        features: &Tensor,
+        rois: &[[f32; 5]],
+    ) -> Result<Tensor> {
+        let dev = &self.device;
+        let dims = op.check(features, rois)?;
+        let fd = CudaTensor::upload(features, dev)?;
+        let mut out = CudaTensor::full(&dims.output_shape(), f32::NAN, features.dtype(), dev)?;
+        roi_align::cuda::forward_into(op, &fd, rois, &mut out)?;
+        out.download()
+    }
+
+    fn roi_align_backward(
+        &self,
+        op: &RoiAlign,
+        feature_shape: &[usize],
+        rois: &[[f32; 5]],
+        dy: &Tensor,
+    ) -> Result<Tensor> {
+        let dev = &self.device;
+        let dyd = CudaTensor::upload(dy, dev)?;
+        let mut dx = CudaTensor::full(feature_shape, f32::NAN, dy.dtype(), dev)?;
+        roi_align::cuda::backward_into(op, rois, &dyd, &mut dx)?;
+        dx.download()
     }
 }

@@ -18,6 +18,7 @@ pub use emulated::Emulated;
 
 use crate::boxes::{Nms, PixelConvention};
 use crate::fusion::{self, FusionDims, Gradients, Grads};
+use crate::roi_align::RoiAlign;
 use crate::shift::Shift;
 use crate::{depthconv, Result, Tensor};
 
@@ -28,8 +29,14 @@ pub trait Backend {
 }
 
 /// A backend that runs every op family (what `a3d selftest` loops over).
-pub trait OpBackend: FusionBackend + ShiftBackend + DepthConvBackend + BoxBackend {}
-impl<B: FusionBackend + ShiftBackend + DepthConvBackend + BoxBackend> OpBackend for B {}
+pub trait OpBackend:
+    FusionBackend + ShiftBackend + DepthConvBackend + BoxBackend + RoiAlignBackend
+{
+}
+impl<B: FusionBackend + ShiftBackend + DepthConvBackend + BoxBackend + RoiAlignBackend> OpBackend
+    for B
+{
+}
 
 /// A3D fusion on a backend.
 pub trait FusionBackend: Backend {
@@ -72,6 +79,25 @@ pub trait BoxBackend: Backend {
     ) -> Result<Vec<f32>>;
     /// The kept indices, highest score first (as [`Nms::run`]).
     fn nms(&self, nms: &Nms, boxes: &[[f32; 4]], scores: &[f32]) -> Result<Vec<usize>>;
+}
+
+/// RoIAlign on a backend.
+pub trait RoiAlignBackend: Backend {
+    /// `[K, C, ph, pw]` pooled from `features` `[N, C, H, W]`.
+    fn roi_align_forward(
+        &self,
+        op: &RoiAlign,
+        features: &Tensor,
+        rois: &[[f32; 5]],
+    ) -> Result<Tensor>;
+    /// The gradient to the features (`feature_shape`) given `dy` `[K, C, ph, pw]`.
+    fn roi_align_backward(
+        &self,
+        op: &RoiAlign,
+        feature_shape: &[usize],
+        rois: &[[f32; 5]],
+        dy: &Tensor,
+    ) -> Result<Tensor>;
 }
 
 /// The CPU kernels.
@@ -160,5 +186,32 @@ impl BoxBackend for Cpu {
 
     fn nms(&self, nms: &Nms, boxes: &[[f32; 4]], scores: &[f32]) -> Result<Vec<usize>> {
         nms.run(boxes, scores)
+    }
+}
+
+impl RoiAlignBackend for Cpu {
+    fn roi_align_forward(
+        &self,
+        op: &RoiAlign,
+        features: &Tensor,
+        rois: &[[f32; 5]],
+    ) -> Result<Tensor> {
+        let dims = op.check(features, rois)?;
+        let mut out = Tensor::full(&dims.output_shape(), f32::NAN, features.dtype())?;
+        op.forward_into(features, rois, &mut out)?;
+        Ok(out)
+    }
+
+    fn roi_align_backward(
+        &self,
+        op: &RoiAlign,
+        feature_shape: &[usize],
+        rois: &[[f32; 5]],
+        dy: &Tensor,
+    ) -> Result<Tensor> {
+        op.check(&(feature_shape, dy.dtype()), rois)?;
+        let mut dx = Tensor::full(feature_shape, f32::NAN, dy.dtype())?;
+        op.backward_into(rois, dy, &mut dx)?;
+        Ok(dx)
     }
 }

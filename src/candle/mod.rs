@@ -26,10 +26,12 @@
 mod a3dconv;
 mod context;
 mod context_conv;
+mod detection;
 mod fusion;
 mod storage;
 
 pub use a3dconv::{A3dConv, A3dConvConfig};
 pub use context::{align_shift, depth_conv, tsm, DepthConvOp, ShiftOp};
 pub use context_conv::{ContextConv, ContextConvConfig, ContextFusion};
+pub use detection::{nms, roi_align, RoiAlignOp};
 pub use fusion::{fuse, FusionOp};

@@ -189,6 +189,16 @@ unsafe impl<T: Send> Send for SharedOut<T> {}
 unsafe impl<T: Send> Sync for SharedOut<T> {}
 
 impl<T> SharedOut<T> {
+    /// Elements `start..start + len` of the buffer.
+    ///
+    /// # Safety
+    /// The buffer must hold at least `start + len` elements and no other live reference may
+    /// cover that range.
+    pub(crate) unsafe fn slice_mut<'a>(self, start: usize, len: usize) -> &'a mut [T] {
+        // SAFETY: in bounds and exclusive by this function's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+
     /// The `depth` rows of item `(bc, p0..p0+n)` of a `[.., depth, pixels]` buffer.
     ///
     /// # Safety

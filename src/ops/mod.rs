@@ -7,4 +7,5 @@ pub mod boxes;
 pub(crate) mod common;
 pub mod depthconv;
 pub mod fusion;
+pub mod roi_align;
 pub mod shift;

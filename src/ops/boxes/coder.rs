@@ -37,7 +37,8 @@ impl DeltaCoder {
     fn check(&self) -> Result<()> {
         if !self.stds.iter().all(|s| s.is_finite() && *s > 0.0)
             || !self.means.iter().all(|m| m.is_finite())
-            || !(self.max_ratio >= 0.0)
+            || self.max_ratio.is_nan()
+            || self.max_ratio < 0.0
         {
             return Err(Error::InvalidArgument {
                 arg: "coder",

@@ -61,7 +61,9 @@ pub(crate) fn iou_matrix(a: &[[f32; 4]], b: &[[f32; 4]], off: f32, out: &mut [f3
     });
 }
 
-/// Marks every box after `i` that box `i` suppresses.
+/// Marks every box after `i` that box `i` suppresses. (`T` and `D` are unused: the shape
+/// `multiversion!` instantiates.)
+#[allow(clippy::extra_unused_type_parameters)]
 #[inline(always)]
 fn suppress_after<F: Tier, T: Element, const D: usize>(
     c: &Columns,

@@ -3,6 +3,10 @@
 //! [`run_fusion`] checks fusion on any [`FusionBackend`]; [`run_a3dconv`] checks A3DConv, which
 //! runs on the CPU only (on a GPU, A3DConv is candle's convolution after a3d's fusion).
 
+mod detection;
+
+pub use detection::{run_boxes, run_roi_align};
+
 use crate::a3dconv::{self, A3dConv, Conv2dParams};
 use crate::backend::{DepthConvBackend, FusionBackend, ShiftBackend};
 use crate::fusion::{self, reference, FusionDims, Gradients, Grads};
@@ -23,14 +27,15 @@ pub fn tolerance(dtype: DType) -> f64 {
 pub struct Check {
     /// Backend name.
     pub backend: String,
-    /// `fusion`, `tsm`, `alignshift` or `depthconv`.
+    /// `fusion`, `tsm`, `alignshift`, `depthconv`, `boxes` or `roi_align`.
     pub op: &'static str,
-    /// `forward`, `grad_input` or `grad_weight`.
+    /// `forward`, `grad_input`, `grad_weight`, `iou` or `nms`.
     pub pass: &'static str,
     /// Storage dtype.
     pub dtype: DType,
-    /// `[B, C, D, H, W]`.
-    pub shape: [usize; 5],
+    /// The input's shape (`[B, C, D, H, W]` for the context ops, `[N, C, H, W]` features for
+    /// RoIAlign, `[n]` boxes for NMS).
+    pub shape: Vec<usize>,
     /// Relative norm error against float64 (infinite on NaN or on a failed call).
     pub error: f64,
     /// Allowed error.
@@ -48,15 +53,16 @@ impl Check {
 
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [b, c, d, h, w] = self.shape;
+        let shape: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
         write!(
             f,
-            "{:<4} {:<8} {:<10} {:<11} {:<4} [{b},{c},{d},{h},{w}]  error {:.2e}  tolerance {:.1e}",
+            "{:<4} {:<8} {:<10} {:<11} {:<4} [{}]  error {:.2e}  tolerance {:.1e}",
             if self.passed() { "ok" } else { "FAIL" },
             self.backend,
             self.op,
             self.pass,
             self.dtype,
+            shape.join(","),
             self.error,
             self.tolerance
         )?;
@@ -112,7 +118,7 @@ fn check_shape(
             op: "fusion",
             pass,
             dtype,
-            shape,
+            shape: shape.to_vec(),
             error,
             tolerance: tolerance(dtype),
             failure,
@@ -173,7 +179,7 @@ fn measured(
         op,
         pass,
         dtype,
-        shape,
+        shape: shape.to_vec(),
         error,
         // TSM moves values: exact.
         tolerance: if op == "tsm" { 0.0 } else { tolerance(dtype) },
