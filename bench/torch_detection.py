@@ -4,7 +4,7 @@ tests/detection_parity.rs come from (scripts/torch_detection_fixtures.py imports
 
 Timing: torchvision's `roi_align` (7x7, sampling 2, scale 1/4, aligned=False: the closest of its
 modes to the reference's rules) forward under no_grad and `y.backward(dy)` of an autograd
-forward, and torchvision's `nms` at IoU 0.7, on the same boxes as the CLI: `proposals` below
+forward (pass "forward_backward": it includes the forward), and torchvision's `nms` at IoU 0.7, on the same boxes as the CLI: `proposals` below
 replays the CLI's SplitMix64 draws (cli/src/bench_detection.rs) in the same order with the same
 float64 arithmetic. Medians over --runs rounds after two warm-ups; one JSON object per line
 with the keys of `a3d bench ... --json`, `device` "cpu-torch" (or "cuda-torch").
@@ -202,7 +202,8 @@ def main():
 
     bwd = timed(backward, args.runs, sync)
     full = [args.rois] + shape
-    for p, ms in (("forward", fwd), ("backward", bwd)):
+    # The autograd step runs the forward too: a3d's forward + backward is compared with it.
+    for p, ms in (("forward", fwd), ("forward_backward", bwd)):
         print(json.dumps({"op": "roi_align", "pass": p, "device": label, "dtype": "f32",
                           "shape": full, "threads": threads, "median_ms": ms}))
 

@@ -7,15 +7,17 @@
 # prepare: installs the pinned nvcc (scripts/install-cuda-toolchain.sh), builds the CLI
 #   (`a3d-cli`, feature cuda) and the test executables of `a3d` (feature cuda) in release mode,
 #   copies them to gpu-check/bin/{a3d,test-<target>} (test-a3d = the library's unit tests; only
-#   the targets that run kernels on the GPU: a3d, cuda, fusion, shift, depthconv, torch_parity),
+#   the targets that run kernels on the GPU: a3d, cuda, fusion, shift, depthconv, torch_parity,
+#   boxes, roi_align, detection_parity),
 #   strips them, writes gpu-check/build-info.txt, checks the size that travels, and prints the
 #   device call to make: carry ["gpu-check"], command `bash scripts/gpu-check.sh run "$OUT"`.
 #
 # run OUTDIR: every step under `timeout`, the whole run inside GPU_CHECK_BUDGET_S (default 280 s;
 #   GPU_CHECK_MEMCHECK_ARGS adds libtest arguments to the memcheck run):
-#   nvidia-smi; gpu-check/bin/test-cuda; `a3d bench fusion|tsm|alignshift|depthconv --device
-#   cuda` (JSON lines); bench/gpu/torch_peer.py (PyTorch einsum peer) and
-#   bench/torch_context_ops.py (the symmetric operators in PyTorch); compute-sanitizer memcheck (all of test-cuda)
+#   nvidia-smi; gpu-check/bin/test-cuda; `a3d bench fusion|tsm|alignshift|depthconv|roi-align|nms
+#   --device cuda` (JSON lines); bench/gpu/torch_peer.py (PyTorch einsum peer),
+#   bench/torch_context_ops.py (the symmetric operators in PyTorch) and bench/torch_detection.py
+#   (torchvision's roi_align and nms); compute-sanitizer memcheck (all of test-cuda)
 #   and racecheck (tests named *sanitizer*); the other test-* binaries; then
 #   bench/gpu/make_report.py. A failing step is recorded and the run goes on. OUTDIR gets at most
 #   5 files (the device tool returns 8): gpu-report.md, summary.json, a3d-bench.jsonl,
@@ -87,7 +89,8 @@ for p in m["packages"]:
 import json, os, re, shutil, sys
 src, bindir, checkdir = sys.argv[1:4]
 copied, ptxas = {}, []
-GPU_TESTS = {"test-a3d", "test-cuda", "test-fusion", "test-shift", "test-depthconv", "test-torch_parity"}
+GPU_TESTS = {"test-a3d", "test-cuda", "test-fusion", "test-shift", "test-depthconv", "test-torch_parity",
+             "test-boxes", "test-roi_align", "test-detection_parity"}
 for line in open(src):
     line = line.strip()
     if not line.startswith("{"):
@@ -390,10 +393,14 @@ run_check() {
   # 3. a3d benchmark (JSON lines): fusion, then the symmetric operators
   if [ -f "$BIN/a3d" ]; then
     step a3d-bench bench 90 a3d-bench.jsonl a3d-bench.err bash -c '
-      bin=$1; shift
+      bin=$1 runs=$2 dtypes=$3; shift 3
       for op in fusion tsm alignshift depthconv; do
         "$bin" bench "$op" --device cuda "$@" --json || exit $?
-      done' bench "$BIN/a3d" --dtype "$DTYPES" "${SHAPES[@]}" --runs "$RUNS"
+      done
+      # The detection ops at their own default sizes (RoIAlign: 300 RoIs on [1,512,128,128]).
+      "$bin" bench roi-align --device cuda --dtype "$dtypes" --runs "$runs" --json || exit $?
+      "$bin" bench nms --device cuda --runs "$runs" --json || exit $?' \
+      bench "$BIN/a3d" "$RUNS" "$DTYPES" --dtype "$DTYPES" "${SHAPES[@]}" --runs "$RUNS"
   fi
 
   # 4. PyTorch peers: the einsum, then the PyTorch implementations of the symmetric operators
@@ -403,6 +410,9 @@ run_check() {
       for op in tsm alignshift depthconv; do
         python3 bench/torch_context_ops.py --op "$op" --device cuda "$@" --dtype "$dtypes" \
           --runs "$runs" || exit $?
+      done
+      for op in roi-align nms; do
+        python3 bench/torch_detection.py --op "$op" --device cuda --runs "$runs" || exit $?
       done' peer "$RUNS" "$DTYPES" "${SHAPES[@]}"
 
   # 5. compute-sanitizer: memcheck on all of test-cuda, racecheck on tests named *sanitizer*
@@ -428,7 +438,7 @@ run_check() {
       # The symmetric operators' kernels: memcheck of their reference tests, racecheck of the
       # depth convolution (its weight gradient reduces through shared memory).
       local t
-      for t in shift depthconv; do
+      for t in shift depthconv boxes roi_align; do
         [ -f "$BIN/test-$t" ] || continue
         step "memcheck-$t" sanitizer 45 "memcheck-$t.log" "memcheck-$t.log" \
           "$cs" --tool memcheck --error-exitcode 86 --print-limit 50 "$BIN/test-$t" --test-threads=1 every_backend
