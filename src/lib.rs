@@ -51,7 +51,7 @@ pub mod tensor;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use ops::common::TensorInfo;
-pub use ops::{a3dconv, boxes, depthconv, fusion, roi_align, shift};
+pub use ops::{a3dconv, batchnorm, boxes, depthconv, fusion, roi_align, shift};
 pub use tensor::Tensor;
 
 /// The README's Rust example is compiled and run as a doctest.

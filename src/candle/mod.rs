@@ -24,6 +24,7 @@
 //! implementation there.
 
 mod a3dconv;
+mod batchnorm;
 mod context;
 mod context_conv;
 mod detection;
@@ -31,6 +32,7 @@ mod fusion;
 mod storage;
 
 pub use a3dconv::{A3dConv, A3dConvConfig};
+pub use batchnorm::{BnReluA3dConv, BnReluA3dConvConfig};
 pub use context::{align_shift, depth_conv, tsm, DepthConvOp, ShiftOp};
 pub use context_conv::{ContextConv, ContextConvConfig, ContextFusion};
 pub use detection::{nms, roi_align, RoiAlignOp};

@@ -3,6 +3,7 @@
 //! sits in `kernels/<op>.cu`. Shared argument checks are in `common.rs`.
 
 pub mod a3dconv;
+pub mod batchnorm;
 pub mod boxes;
 pub(crate) mod common;
 pub mod depthconv;
