@@ -5,6 +5,8 @@
 
 #![allow(non_camel_case_types, non_snake_case, dead_code)]
 
+pub const A3D_BATCHNORM_BLOCK: u32 = 256;
+pub const A3D_BATCHNORM_MAX_DEPTH: u32 = 16;
 pub const A3D_DEPTHCONV_BLOCK: u32 = 256;
 pub const A3D_DEPTHCONV_MAX_TAPS: u32 = 7;
 pub const A3D_FUSION_BLOCK: u32 = 256;
@@ -12,6 +14,42 @@ pub const A3D_NMS_TILE: u32 = 64;
 pub const A3D_IOU_BLOCK: u32 = 256;
 pub const A3D_ROI_ALIGN_BLOCK: u32 = 256;
 pub const A3D_SHIFT_BLOCK: u32 = 256;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct A3dBatchNormParams {
+    #[doc = " B: batch size."]
+    pub batch: u64,
+    #[doc = " C: channels."]
+    pub channels: u64,
+    #[doc = " D: slices."]
+    pub depth: u64,
+    #[doc = " P = H * W: pixels of one slice."]
+    pub pixels: u64,
+    #[doc = " Statistics: blocks per channel, each summing a fixed subset of the channel's values."]
+    pub partial_blocks: u64,
+    #[doc = " Forward: 1 to mix the slices with w after the BN-ReLU, 0 for the BN-ReLU alone."]
+    pub fused: u32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of A3dBatchNormParams"][::core::mem::size_of::<A3dBatchNormParams>() - 48usize];
+    ["Alignment of A3dBatchNormParams"][::core::mem::align_of::<A3dBatchNormParams>() - 8usize];
+    ["Offset of field: A3dBatchNormParams::batch"]
+        [::core::mem::offset_of!(A3dBatchNormParams, batch) - 0usize];
+    ["Offset of field: A3dBatchNormParams::channels"]
+        [::core::mem::offset_of!(A3dBatchNormParams, channels) - 8usize];
+    ["Offset of field: A3dBatchNormParams::depth"]
+        [::core::mem::offset_of!(A3dBatchNormParams, depth) - 16usize];
+    ["Offset of field: A3dBatchNormParams::pixels"]
+        [::core::mem::offset_of!(A3dBatchNormParams, pixels) - 24usize];
+    ["Offset of field: A3dBatchNormParams::partial_blocks"]
+        [::core::mem::offset_of!(A3dBatchNormParams, partial_blocks) - 32usize];
+    ["Offset of field: A3dBatchNormParams::fused"]
+        [::core::mem::offset_of!(A3dBatchNormParams, fused) - 40usize];
+    ["Offset of field: A3dBatchNormParams::reserved"]
+        [::core::mem::offset_of!(A3dBatchNormParams, reserved) - 44usize];
+};
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct A3dDepthConvParams {

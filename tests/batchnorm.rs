@@ -184,3 +184,124 @@ fn training_backward_matches_finite_differences() {
         );
     }
 }
+
+/// Statistics and the fused BN-ReLU-fusion forward on every backend (the CUDA kernels under
+/// the emulation and on a GPU) against float64, every dtype, with and without fusion weights.
+#[test]
+fn every_backend_matches_float64() {
+    let mut rng = SplitMix64::new(6);
+    for shape in [[2usize, 5, 3, 9, 11], [1, 3, 7, 5, 13], [3, 2, 1, 17, 3]] {
+        let (b, c, d, rest) = (shape[0], shape[1], shape[2], shape[2] * shape[3] * shape[4]);
+        for dtype in DType::ALL {
+            let x = random(&shape, dtype, &mut rng);
+            let x64 = x.to_f64_vec();
+            let (mean, var) = reference::stats(&x64, b, c, rest);
+            let a = Affine {
+                scale: rng.vec_f32(c, -1.5, 1.5),
+                shift: rng.vec_f32(c, -0.5, 0.5),
+            };
+            let w = a3d::fusion::init_weights(d, c, 3).unwrap().to_dtype(dtype);
+            let f = |v: &[f32]| v.iter().map(|&q| q as f64).collect::<Vec<_>>();
+            let zeros = vec![0.0; x64.len()];
+            let (act, ..) = reference::bn_relu(&x64, &f(&a.scale), &f(&a.shift), &zeros, c, rest);
+            let act_t = Tensor::from_f32(
+                &act.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                &shape,
+                DType::F32,
+            )
+            .unwrap();
+            let w32 = w.to_dtype(DType::F32);
+            let want_fused = a3d::fusion::reference::forward(
+                &a3d::fusion::FusionDims::from_input_shape(&shape).unwrap(),
+                &act_t.to_f64_vec(),
+                &w32.to_f64_vec(),
+            );
+            for be in common::batchnorm_backends() {
+                let name = be.name();
+                let st = be.channel_stats(&x).unwrap();
+                assert!(
+                    relative_error(&f(&st.mean), &mean) < 1e-6,
+                    "{name} {dtype} mean"
+                );
+                assert!(
+                    relative_error(&f(&st.var), &var) < 1e-6,
+                    "{name} {dtype} var"
+                );
+                let y = be.bn_relu_fusion_forward(&x, &a, None).unwrap();
+                assert!(
+                    relative_error(&y.to_f64_vec(), &act) <= tolerance(dtype),
+                    "{name} {dtype} bn-relu"
+                );
+                let y = be.bn_relu_fusion_forward(&x, &a, Some(&w)).unwrap();
+                let e = relative_error(&y.to_f64_vec(), &want_fused);
+                assert!(e <= tolerance(dtype) * 2.0, "{name} {dtype} fused: {e}");
+            }
+        }
+    }
+    // Beyond the GPU kernel's 16 slices: the CPU takes it, the kernels say so.
+    let x = random(&[1, 2, 17, 3, 3], DType::F32, &mut rng);
+    let a = Affine {
+        scale: vec![1.0; 2],
+        shift: vec![0.0; 2],
+    };
+    for be in common::batchnorm_backends() {
+        let r = be.bn_relu_fusion_forward(&x, &a, None);
+        assert_eq!(r.is_ok(), common::is_cpu(&be.name()), "{}", be.name());
+    }
+}
+
+/// Training-mode BN-ReLU as the prologue of an A3DConv: the layer's prologue gradients plus
+/// `train_backward_from_prologue` equal the unfused chain (BN-ReLU, A3DConv, their backwards).
+#[test]
+fn prologue_training_gradients_equal_the_unfused_chain() {
+    use a3d::a3dconv::{A3dConv, Conv2dParams, Grads};
+    let mut rng = SplitMix64::new(12);
+    let shape = [2, 4, 3, 9, 7];
+    let x = random(&shape, DType::F32, &mut rng);
+    let weight = rng.vec_f32(4, 0.5, 1.5);
+    let bias = rng.vec_f32(4, -0.3, 0.3);
+    let bn = batchnorm::BatchNorm {
+        weight: &weight,
+        bias: &bias,
+        eps: 1e-5,
+    };
+    let fw = a3d::fusion::init_weights(3, 4, 2).unwrap();
+    let cw = random(&[5, 4, 3, 3], DType::F32, &mut rng);
+    let layer = A3dConv {
+        fusion_weight: Some(&fw),
+        conv_weight: &cw,
+        bias: None,
+        params: Conv2dParams::padded(1),
+    };
+    // Unfused.
+    let (act, stats) = bn.train_forward(&x).unwrap();
+    let y = layer.forward(&act).unwrap();
+    let dy = random(y.shape(), DType::F32, &mut rng);
+    let dact = layer.backward(&act, &dy, Grads::ALL).unwrap().dx.unwrap();
+    let want = bn.train_backward(&x, &stats, &dact).unwrap();
+    // Fused.
+    let a = bn.eval_affine(&stats.mean, &stats.var).unwrap();
+    let yf = layer.forward_with(&x, Some(&a)).unwrap();
+    assert!(relative_error(&yf.to_f64_vec(), &y.to_f64_vec()) < 1e-5);
+    let g = layer.backward_with(&x, Some(&a), &dy, Grads::ALL).unwrap();
+    let mut dx = g.dx.unwrap();
+    let (dw, db) = bn
+        .train_backward_from_prologue(
+            &x,
+            &stats,
+            g.d_scale.as_ref().unwrap(),
+            g.d_shift.as_ref().unwrap(),
+            &mut dx,
+        )
+        .unwrap();
+    let f = |v: &[f32]| v.iter().map(|&q| q as f64).collect::<Vec<_>>();
+    assert!(
+        relative_error(&dx.to_f64_vec(), &want.dx.to_f64_vec()) < 1e-4,
+        "dx"
+    );
+    assert!(
+        relative_error(&f(&dw), &f(&want.d_weight)) < 1e-4,
+        "d_weight"
+    );
+    assert!(relative_error(&f(&db), &f(&want.d_bias)) < 1e-4, "d_bias");
+}

@@ -177,3 +177,140 @@ fn a3dconv_direct_and_gemm_paths_match_the_reference_on_every_tier() {
     }
     cpu::set_isa_limit(Isa::Avx512);
 }
+
+/// A3DConv with a BN-ReLU prologue (applied while the input is staged) equals BN-ReLU then
+/// A3DConv, forward and every gradient, on every tier (the direct AVX-512 kernel and im2col +
+/// GEMM), fused and unfused, pointwise, padded, strided.
+#[test]
+fn a3dconv_prologue_equals_bn_relu_then_a3dconv_on_every_tier() {
+    use a3d::a3dconv::{A3dConv, Conv2dParams, Grads as ConvGrads};
+    use a3d::batchnorm::{self, Affine};
+    use a3d::{DType, Tensor};
+    let _turn = TIER.lock().unwrap_or_else(|e| e.into_inner());
+    let detected = cpu::detected_isa();
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= 2e-5 * scale,
+            "{what}: worst difference {worst} (scale {scale})"
+        );
+    };
+    // (C, D, O, kernel, padding, stride, fused)
+    let cases = [
+        (5, 3, 4, 1, 0, 1, true),
+        (6, 3, 5, 3, 1, 1, true),
+        (4, 5, 3, 3, 1, 1, false),
+        (3, 3, 4, 3, 0, 2, true),
+        (7, 1, 2, 1, 0, 1, false),
+    ];
+    for tier in Isa::ALL.into_iter().filter(|t| *t <= detected) {
+        cpu::set_isa_limit(tier);
+        for (i, &(c, d, o, k, p, s, fused)) in cases.iter().enumerate() {
+            let mut rng = a3d::rng::SplitMix64::new(40 + i as u64);
+            let shape = [2, c, d, 13, 11];
+            let n: usize = shape.iter().product();
+            let x = Tensor::from_vec(rng.vec_f32(n, -1.0, 1.0), &shape).unwrap();
+            let a = Affine {
+                scale: rng.vec_f32(c, -1.5, 1.5),
+                shift: rng.vec_f32(c, -0.5, 0.5),
+            };
+            let fw = a3d::fusion::init_weights(d, c, 9).unwrap();
+            let cw =
+                Tensor::from_vec(rng.vec_f32(o * c * k * k, -0.5, 0.5), &[o, c, k, k]).unwrap();
+            let bias = Tensor::from_vec(rng.vec_f32(o, -0.1, 0.1), &[o]).unwrap();
+            let layer = A3dConv {
+                fusion_weight: fused.then_some(&fw),
+                conv_weight: &cw,
+                bias: Some(&bias),
+                params: Conv2dParams {
+                    stride: [s, s],
+                    padding: [p, p],
+                    ..Conv2dParams::default()
+                },
+            };
+            let what = format!("tier {} case {i}", tier.as_str());
+            let act = batchnorm::bn_relu_forward(&x, &a).unwrap();
+            let y = layer.forward_with(&x, Some(&a)).unwrap();
+            let want = layer.forward(&act).unwrap();
+            close(
+                &y.to_f32_vec(),
+                &want.to_f32_vec(),
+                &format!("{what} forward"),
+            );
+            let dy = Tensor::from_vec(rng.vec_f32(y.len(), -1.0, 1.0), y.shape()).unwrap();
+            let g = layer
+                .backward_with(&x, Some(&a), &dy, ConvGrads::ALL)
+                .unwrap();
+            let r = layer.backward(&act, &dy, ConvGrads::ALL).unwrap();
+            let through = batchnorm::bn_relu_backward(&x, &a, r.dx.as_ref().unwrap()).unwrap();
+            let v = |t: &Option<Tensor>| t.as_ref().unwrap().to_f32_vec();
+            close(&v(&g.dx), &through.dx.to_f32_vec(), &format!("{what} dx"));
+            close(
+                g.d_scale.as_ref().unwrap(),
+                &through.d_scale,
+                &format!("{what} d_scale"),
+            );
+            close(
+                g.d_shift.as_ref().unwrap(),
+                &through.d_shift,
+                &format!("{what} d_shift"),
+            );
+            close(
+                &v(&g.d_conv_weight),
+                &v(&r.d_conv_weight),
+                &format!("{what} d_conv_weight"),
+            );
+            close(&v(&g.d_bias), &v(&r.d_bias), &format!("{what} d_bias"));
+            if fused {
+                close(
+                    &v(&g.d_fusion_weight),
+                    &v(&r.d_fusion_weight),
+                    &format!("{what} d_fusion_weight"),
+                );
+            }
+            // Only the prologue's gradients asked for: they still come, and equal.
+            let only = layer
+                .backward_with(
+                    &x,
+                    Some(&a),
+                    &dy,
+                    ConvGrads {
+                        input: false,
+                        conv_weight: false,
+                        bias: false,
+                        fusion_weight: false,
+                    },
+                )
+                .unwrap();
+            assert!(only.dx.is_none());
+            close(
+                only.d_scale.as_ref().unwrap(),
+                &through.d_scale,
+                &format!("{what} d_scale alone"),
+            );
+            // The layer and the input must share a dtype.
+            let yb = layer.forward_with(&x.to_dtype(DType::BF16), Some(&a));
+            assert!(yb.is_err(), "{what}: mixed dtypes must be refused");
+        }
+        // A prologue of the wrong width is a typed error.
+        let x = Tensor::zeros(&[1, 3, 3, 5, 5], DType::F32).unwrap();
+        let cw = Tensor::zeros(&[2, 3, 1, 1], DType::F32).unwrap();
+        let layer = A3dConv {
+            fusion_weight: None,
+            conv_weight: &cw,
+            bias: None,
+            params: Conv2dParams::default(),
+        };
+        let bad = Affine {
+            scale: vec![1.0; 2],
+            shift: vec![0.0; 2],
+        };
+        assert!(layer.forward_with(&x, Some(&bad)).is_err());
+    }
+    cpu::set_isa_limit(Isa::Avx512);
+}

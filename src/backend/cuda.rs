@@ -2,7 +2,11 @@
 //! downloaded (the selftest and the tests use it; a program keeping data on the device calls
 //! the ops' device functions, e.g. `a3d::fusion::cuda`, directly).
 
-use super::{Backend, BoxBackend, DepthConvBackend, FusionBackend, RoiAlignBackend, ShiftBackend};
+use super::{
+    Backend, BatchNormBackend, BoxBackend, DepthConvBackend, FusionBackend, RoiAlignBackend,
+    ShiftBackend,
+};
+use crate::batchnorm::{self, Affine, ChannelStats};
 use crate::boxes::{self, Nms, PixelConvention};
 use crate::cuda::CudaTensor;
 use crate::fusion::{self, FusionDims, Gradients, Grads};
@@ -158,5 +162,25 @@ impl RoiAlignBackend for Cuda {
         let mut dx = CudaTensor::full(feature_shape, f32::NAN, dy.dtype(), dev)?;
         roi_align::cuda::backward_into(op, rois, &dyd, &mut dx)?;
         dx.download()
+    }
+}
+
+impl BatchNormBackend for Cuda {
+    fn channel_stats(&self, x: &Tensor) -> Result<ChannelStats> {
+        batchnorm::cuda::channel_stats(&CudaTensor::upload(x, &self.device)?)
+    }
+
+    fn bn_relu_fusion_forward(
+        &self,
+        x: &Tensor,
+        affine: &Affine,
+        w: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let dev = &self.device;
+        let xd = CudaTensor::upload(x, dev)?;
+        let wd = w.map(|w| CudaTensor::upload(w, dev)).transpose()?;
+        let mut y = CudaTensor::full(x.shape(), f32::NAN, x.dtype(), dev)?;
+        batchnorm::cuda::bn_relu_fusion_forward_into(&xd, affine, wd.as_ref(), &mut y)?;
+        y.download()
     }
 }

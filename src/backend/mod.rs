@@ -16,6 +16,7 @@ pub use cuda::Cuda;
 #[cfg(feature = "emulation")]
 pub use emulated::Emulated;
 
+use crate::batchnorm::{self, Affine, ChannelStats};
 use crate::boxes::{Nms, PixelConvention};
 use crate::fusion::{self, FusionDims, Gradients, Grads};
 use crate::roi_align::RoiAlign;
@@ -30,11 +31,17 @@ pub trait Backend {
 
 /// A backend that runs every op family (what `a3d selftest` loops over).
 pub trait OpBackend:
-    FusionBackend + ShiftBackend + DepthConvBackend + BoxBackend + RoiAlignBackend
+    FusionBackend + ShiftBackend + DepthConvBackend + BoxBackend + RoiAlignBackend + BatchNormBackend
 {
 }
-impl<B: FusionBackend + ShiftBackend + DepthConvBackend + BoxBackend + RoiAlignBackend> OpBackend
-    for B
+impl<
+        B: FusionBackend
+            + ShiftBackend
+            + DepthConvBackend
+            + BoxBackend
+            + RoiAlignBackend
+            + BatchNormBackend,
+    > OpBackend for B
 {
 }
 
@@ -97,6 +104,20 @@ pub trait RoiAlignBackend: Backend {
         feature_shape: &[usize],
         rois: &[[f32; 5]],
         dy: &Tensor,
+    ) -> Result<Tensor>;
+}
+
+/// Batch-norm statistics and the BN-ReLU(-fusion) forward on a backend.
+pub trait BatchNormBackend: Backend {
+    /// Mean and biased variance per channel of `x` `[B, C, ...]`.
+    fn channel_stats(&self, x: &Tensor) -> Result<ChannelStats>;
+    /// `fusion(max(x * scale + shift, 0), w)` for `x` `[B, C, D, H, W]`, or the BN-ReLU alone
+    /// without `w`.
+    fn bn_relu_fusion_forward(
+        &self,
+        x: &Tensor,
+        affine: &Affine,
+        w: Option<&Tensor>,
     ) -> Result<Tensor>;
 }
 
@@ -213,5 +234,20 @@ impl RoiAlignBackend for Cpu {
         let mut dx = Tensor::full(feature_shape, f32::NAN, dy.dtype())?;
         op.backward_into(rois, dy, &mut dx)?;
         Ok(dx)
+    }
+}
+
+impl BatchNormBackend for Cpu {
+    fn channel_stats(&self, x: &Tensor) -> Result<ChannelStats> {
+        batchnorm::channel_stats(x)
+    }
+
+    fn bn_relu_fusion_forward(
+        &self,
+        x: &Tensor,
+        affine: &Affine,
+        w: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        batchnorm::bn_relu_fusion_forward(x, affine, w)
     }
 }

@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use a3d::backend::{
-    BoxBackend, Cpu, DepthConvBackend, FusionBackend, RoiAlignBackend, ShiftBackend,
+    BatchNormBackend, BoxBackend, Cpu, DepthConvBackend, FusionBackend, RoiAlignBackend,
+    ShiftBackend,
 };
 use a3d::rng::SplitMix64;
 use a3d::{DType, Tensor};
@@ -92,6 +93,11 @@ pub fn box_backends() -> Vec<Box<dyn BoxBackend>> {
 /// Every RoIAlign backend of this build.
 pub fn roi_align_backends() -> Vec<Box<dyn RoiAlignBackend>> {
     backends_of!(RoiAlignBackend)
+}
+
+/// Every batch-norm backend of this build.
+pub fn batchnorm_backends() -> Vec<Box<dyn BatchNormBackend>> {
+    backends_of!(BatchNormBackend)
 }
 
 /// Whether a backend name is the CPU (which takes any size, where kernels have limits).

@@ -10,6 +10,7 @@ use super::cpu_kernel::{
 use super::direct::DirectPlan;
 use super::geometry::Geometry;
 use super::{A3dConvDims, Grads};
+use crate::batchnorm::Affine;
 use crate::Result;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -54,6 +55,7 @@ fn reduce_groups(partials: &[f32], size: usize) -> Vec<f32> {
 fn conv_weight_gradient(
     g: &Geometry,
     x: &[f32],
+    prologue: Option<&Affine>,
     fusion_weight: Option<&[f32]>,
     dy: &[f32],
 ) -> Result<Vec<f32>> {
@@ -75,15 +77,15 @@ fn conv_weight_gradient(
     let mut partials = alloc(n_groups * size, &[n_groups, size])?;
     let (block_len, col_len) = g.out_buffers();
     partials.par_chunks_mut(size).enumerate().for_each_init(
-        || (vec![0.0f32; block_len], vec![0.0f32; col_len]),
-        |(block, col), (group, partial)| {
+        || (vec![0.0f32; block_len], vec![0.0f32; col_len], Vec::new()),
+        |(block, col, rows), (group, partial)| {
             let mut first = true;
             for t in group * per_group..((group + 1) * per_group).min(tasks) {
                 let (b, s) = (t / slabs, t % slabs);
                 let (out, inp) = g.out_slab(s);
                 let n = out.len();
-                if let Some(fw) = fusion_weight {
-                    on_tier(|| g.fuse_block(x, b, fw, &inp, block));
+                if g.staged {
+                    on_tier(|| g.stage_block(x, b, fusion_weight, prologue, &inp, block, rows));
                 }
                 for d in 0..g.depth {
                     let src = g.conv_input(x, block, b, d, &inp);
@@ -116,78 +118,143 @@ fn conv_weight_gradient(
     Ok(reduce_groups(&partials, size))
 }
 
-/// The fusion's backward for input pixels `px` of batch item `b`, given `dz` for them
-/// (`dzb[d][c][0..n]`): writes `dx` there when given, adds `x * dz` sums to `dfw` when given.
+/// `sum a[i] * b[i]` in 16 f32 lanes, added in f64 (a fixed order).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [0.0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (at, bt) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..16 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in at.iter().zip(bt).enumerate() {
+        lanes[l] += x * y;
+    }
+    lanes.iter().map(|&v| v as f64).sum()
+}
+
+/// What [`unstage_block`] accumulates besides `dx`: the fusion weights' partial sums `[D, D, C]`
+/// and, with a prologue, `[d_scale[C], d_shift[C]]`.
+struct Sums<'a> {
+    fusion: Option<&'a mut [f64]>,
+    prologue: Option<&'a mut [f64]>,
+}
+
+/// The backward of the staging for input pixels `px` of batch item `b`, given `dz` (the
+/// gradient of the block the convolution read, `dzb[d][c][0..n]`): the fusion's transpose
+/// (when fused), then the prologue's mask and scale (when present). Writes `dx` there when
+/// given; adds to `sums`. `rows` is scratch for one channel's `D` rows (twice).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn unfuse_block(
+fn unstage_block(
     g: &Geometry,
     x: &[f32],
     b: usize,
-    fw: &[f32],
+    fw: Option<&[f32]>,
+    prologue: Option<&Affine>,
     px: &Range<usize>,
     dzb: &[f32],
     dx: Option<SharedMut>,
-    dfw: Option<&mut [f64]>,
+    sums: &mut Sums<'_>,
+    rows: &mut Vec<f32>,
 ) {
     let (n, cn, dn, plane) = (px.len(), g.channels, g.depth, g.in_plane());
     let base = g.in_batch(b);
-    if let Some(dx) = dx {
-        for c in 0..cn {
+    rows.resize(2 * dn * n, 0.0);
+    let (act, grad) = rows.split_at_mut(dn * n);
+    for c in 0..cn {
+        let x_row = |e: usize| &x[base + (c * dn + e) * plane + px.start..][..n];
+        let affine = prologue.map(|a| (a.scale[c], a.shift[c]));
+        // The fusion's input: x, or the prologue's output.
+        if let Some((s, t)) = affine {
             for e in 0..dn {
-                // SAFETY: pixels `px` of every (c, e) plane of batch item b belong to this task.
+                for (o, v) in act[e * n..(e + 1) * n].iter_mut().zip(x_row(e)) {
+                    *o = (v * s + t).max(0.0);
+                }
+            }
+        }
+        let input = |e: usize| -> &[f32] {
+            if affine.is_some() {
+                &act[e * n..(e + 1) * n]
+            } else {
+                x_row(e)
+            }
+        };
+        if let (Some(_), Some(dfw)) = (fw, sums.fusion.as_deref_mut()) {
+            for e in 0..dn {
+                for d in 0..dn {
+                    dfw[(e * dn + d) * cn + c] += dot(input(e), &dzb[(d * cn + c) * n..][..n]);
+                }
+            }
+        }
+        if dx.is_none() && affine.is_none() {
+            continue;
+        }
+        for e in 0..dn {
+            // The gradient of the fusion's input row e.
+            let ge = &mut grad[e * n..(e + 1) * n];
+            match fw {
+                Some(fw) => {
+                    for d in 0..dn {
+                        let wv = fw[(e * dn + d) * cn + c];
+                        let src = &dzb[(d * cn + c) * n..][..n];
+                        if d == 0 {
+                            ge.iter_mut().zip(src).for_each(|(o, s)| *o = s * wv);
+                        } else {
+                            ge.iter_mut().zip(src).for_each(|(o, s)| *o += s * wv);
+                        }
+                    }
+                }
+                None => ge.copy_from_slice(&dzb[(e * cn + c) * n..][..n]),
+            }
+            if let Some((s, t)) = affine {
+                // Through the ReLU: the gradient of the affine's output.
+                for (gv, v) in ge.iter_mut().zip(x_row(e)) {
+                    if v * s + t <= 0.0 {
+                        *gv = 0.0;
+                    }
+                }
+                if let Some(ps) = sums.prologue.as_deref_mut() {
+                    ps[c] += dot(ge, x_row(e));
+                    ps[cn + c] += ge.iter().map(|&v| v as f64).sum::<f64>();
+                }
+                ge.iter_mut().for_each(|v| *v *= s);
+            }
+            if let Some(dx) = dx {
+                // SAFETY: pixels `px` of plane (c, e) of batch item b belong to this task.
                 let out = unsafe {
                     std::slice::from_raw_parts_mut(
                         dx.ptr().add(base + (c * dn + e) * plane + px.start),
                         n,
                     )
                 };
-                for d in 0..dn {
-                    let wv = fw[(e * dn + d) * cn + c];
-                    let src = &dzb[(d * cn + c) * n..][..n];
-                    if d == 0 {
-                        out.iter_mut().zip(src).for_each(|(o, s)| *o = s * wv);
-                    } else {
-                        out.iter_mut().zip(src).for_each(|(o, s)| *o += s * wv);
-                    }
-                }
-            }
-        }
-    }
-    if let Some(dfw) = dfw {
-        for c in 0..cn {
-            for e in 0..dn {
-                let xs = &x[base + (c * dn + e) * plane + px.start..][..n];
-                for d in 0..dn {
-                    let zs = &dzb[(d * cn + c) * n..][..n];
-                    let mut lanes = [0.0f32; 16];
-                    let (xc, zc) = (xs.chunks_exact(16), zs.chunks_exact(16));
-                    let (xt, zt) = (xc.remainder(), zc.remainder());
-                    for (a, z) in xc.zip(zc) {
-                        for l in 0..16 {
-                            lanes[l] += a[l] * z[l];
-                        }
-                    }
-                    for (l, (a, z)) in xt.iter().zip(zt).enumerate() {
-                        lanes[l] += a * z;
-                    }
-                    dfw[(e * dn + d) * cn + c] += lanes.iter().map(|&v| v as f64).sum::<f64>();
-                }
+                out.copy_from_slice(ge);
             }
         }
     }
 }
 
-/// A task's local buffers: (fused or gradient block, im2col or padded block, row scratch).
-type Buffers = (Vec<f32>, Vec<f32>, Vec<f32>);
+/// A task's local buffers: (staged gradient block, im2col or padded block, row scratch, the
+/// unstaging's rows).
+type Buffers = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
 
-/// What [`input_gradients`] returns: `dx` and the fusion weights' gradient.
-type InputGradients = (Option<Vec<f32>>, Option<Vec<f32>>);
+/// What [`input_gradients`] returns: `dx`, the fusion weights' gradient, and with a prologue
+/// `(d_scale, d_shift)`.
+type InputGradients = (
+    Option<Vec<f32>>,
+    Option<Vec<f32>>,
+    Option<(Vec<f32>, Vec<f32>)>,
+);
 
-/// `dx` (when `want_dx`) and the fusion weights' gradient (when `want_dfw` and fused).
+/// `dx` (when `want_dx`), the fusion weights' gradient (when `want_dfw` and fused) and the
+/// prologue's (whenever there is one).
+#[allow(clippy::too_many_arguments)]
 fn input_gradients(
     g: &Geometry,
     x: &[f32],
+    prologue: Option<&Affine>,
     fusion_weight: Option<&[f32]>,
     conv_weight: &[f32],
     dy: &[f32],
@@ -195,18 +262,38 @@ fn input_gradients(
     want_dfw: bool,
 ) -> Result<InputGradients> {
     let in_shape = [g.batch, g.channels, g.depth, g.height, g.width];
-    let mut dx = if want_dx || fusion_weight.is_none() {
+    // Unstaged, the GEMM writes dz = dx straight into dx.
+    let mut dx = if want_dx || !g.staged {
         Some(alloc(x.len(), &in_shape)?)
     } else {
         None
     };
     let want_dfw = want_dfw && fusion_weight.is_some();
-    let dfw_len = g.depth * g.depth * g.channels;
+    let dfw_len = if want_dfw {
+        g.depth * g.depth * g.channels
+    } else {
+        0
+    };
+    let pro_len = if prologue.is_some() {
+        2 * g.channels
+    } else {
+        0
+    };
+    let sums_len = dfw_len + pro_len;
     let slabs = g.in_slabs();
     let tasks = g.batch * slabs;
+    let split = |v: Vec<f64>| {
+        let to32 = |s: &[f64]| s.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let dfw = want_dfw.then(|| to32(&v[..dfw_len]));
+        let pro = prologue.map(|_| {
+            let p = &v[dfw_len..];
+            (to32(&p[..g.channels]), to32(&p[g.channels..]))
+        });
+        (dfw, pro)
+    };
     if tasks == 0 || g.depth == 0 || g.channels == 0 {
-        let dfw = want_dfw.then(|| vec![0.0f32; dfw_len]);
-        return Ok((dx, dfw));
+        let (dfw, pro) = split(vec![0.0f64; sums_len]);
+        return Ok((dx, dfw, pro));
     }
     // [C, O*kh*kw]: the weight with input channels as rows, so the gather is the right operand.
     let mut wt = vec![0.0f32; g.channels * g.okk];
@@ -218,17 +305,18 @@ fn input_gradients(
             }
         }
     }
-    let (per_group, n_groups) = if want_dfw {
+    let want_sums = sums_len > 0;
+    let (per_group, n_groups) = if want_sums {
         groups(
             tasks,
-            MAX_GROUPS.min((PARTIALS_BYTES / (dfw_len * 8).max(1)).max(1)),
+            MAX_GROUPS.min((PARTIALS_BYTES / (sums_len * 8).max(1)).max(1)),
         )
     } else {
         (1, tasks)
     };
-    let mut partials = vec![0.0f64; if want_dfw { n_groups * dfw_len } else { 0 }];
+    let mut partials = vec![0.0f64; if want_sums { n_groups * sums_len } else { 0 }];
     let dx_ptr = dx.as_mut().map(|v| SharedMut(v.as_mut_ptr()));
-    let block_len = if fusion_weight.is_some() {
+    let block_len = if g.staged {
         g.depth * g.channels * g.in_step
     } else {
         0
@@ -245,23 +333,35 @@ fn input_gradients(
     };
     #[cfg(not(target_arch = "x86_64"))]
     let col_len = if g.pointwise { 0 } else { g.okk * g.in_step };
-    let run_group = |(block, col, scratch): &mut Buffers,
+    let run_group = |(block, col, scratch, rows): &mut Buffers,
                      group: usize,
-                     mut dfw: Option<&mut [f64]>| {
+                     partial: Option<&mut [f64]>| {
+        let (fusion, pro) = match partial {
+            Some(p) => {
+                let (f, r) = p.split_at_mut(dfw_len);
+                (want_dfw.then_some(f), prologue.map(|_| r))
+            }
+            None => (None, None),
+        };
+        let mut sums = Sums {
+            fusion,
+            prologue: pro,
+        };
         for t in group * per_group..((group + 1) * per_group).min(tasks) {
             let (b, s) = (t / slabs, t % slabs);
             let px = g.in_slab(s);
             let n = px.len();
             for d in 0..g.depth {
                 let dy_slice = &dy[g.out_slice(b, d)..];
-                let (dst, dst_strides) = match (fusion_weight, dx_ptr) {
-                    (Some(_), _) => (block[d * g.channels * n..].as_mut_ptr(), [n, 1]),
+                let (dst, dst_strides) = match (g.staged, dx_ptr) {
+                    (true, _) => (block[d * g.channels * n..].as_mut_ptr(), [n, 1]),
                     // SAFETY: pixels `px` of slice (b, d), every channel, belong to this task.
-                    (None, Some(dx)) => (
+                    (false, Some(dx)) => (
                         unsafe { dx.ptr().add(g.in_slice(b, d) + px.start) },
                         [g.in_channel_stride(), 1],
                     ),
-                    (None, None) => unreachable!("dx is allocated when there is no fusion"),
+                    // dx is allocated whenever the block is not staged (see above).
+                    (false, None) => return,
                 };
                 #[cfg(target_arch = "x86_64")]
                 if let Some(plan) = &grad_plan {
@@ -298,16 +398,36 @@ fn input_gradients(
                     )
                 }
             }
-            if let Some(fw) = fusion_weight {
+            if g.staged {
                 let dx = if want_dx { dx_ptr } else { None };
-                on_tier(|| unfuse_block(g, x, b, fw, &px, block, dx, dfw.as_deref_mut()));
+                on_tier(|| {
+                    unstage_block(
+                        g,
+                        x,
+                        b,
+                        fusion_weight,
+                        prologue,
+                        &px,
+                        block,
+                        dx,
+                        &mut sums,
+                        rows,
+                    )
+                });
             }
         }
     };
-    let init = || (vec![0.0f32; block_len], vec![0.0f32; col_len], Vec::new());
-    if want_dfw {
+    let init = || {
+        (
+            vec![0.0f32; block_len],
+            vec![0.0f32; col_len],
+            Vec::new(),
+            Vec::new(),
+        )
+    };
+    if want_sums {
         partials
-            .par_chunks_mut(dfw_len)
+            .par_chunks_mut(sums_len)
             .enumerate()
             .for_each_init(init, |bufs, (group, partial)| {
                 run_group(bufs, group, Some(partial))
@@ -318,31 +438,30 @@ fn input_gradients(
             .with_min_len(min_tasks_per_split(n_groups))
             .for_each_init(init, |bufs, group| run_group(bufs, group, None));
     }
-    let dfw = want_dfw.then(|| {
-        let mut sums = vec![0.0f64; dfw_len];
-        for partial in partials.chunks_exact(dfw_len) {
-            for (s, p) in sums.iter_mut().zip(partial) {
-                *s += p;
-            }
+    let mut sums = vec![0.0f64; sums_len];
+    for partial in partials.chunks_exact(sums_len.max(1)) {
+        for (s, p) in sums.iter_mut().zip(partial) {
+            *s += p;
         }
-        sums.into_iter().map(|s| s as f32).collect()
-    });
+    }
+    let (dfw, pro) = split(sums);
     if !want_dx {
         dx = None;
     }
-    Ok((dx, dfw))
+    Ok((dx, dfw, pro))
 }
 
 /// The requested gradients of A3DConv given `dy`. Slices have been validated by the caller.
 pub(crate) fn backward(
     dims: &A3dConvDims,
     x: &[f32],
+    prologue: Option<&Affine>,
     fusion_weight: Option<&[f32]>,
     conv_weight: &[f32],
     dy: &[f32],
     grads: Grads,
 ) -> Result<RawGradients> {
-    let g = Geometry::new(dims);
+    let g = Geometry::with_prologue(dims, prologue.is_some());
     let d_bias = grads.bias.then(|| bias_gradient(&g, dy));
     if g.channels == 0 || g.in_plane() == 0 || g.out_channels == 0 {
         // No tap reads an input element (or no output uses one): the sums are empty.
@@ -363,22 +482,34 @@ pub(crate) fn backward(
                 fw_len,
                 &[fw_len],
             )?,
+            d_prologue: prologue.map(|_| (vec![0.0; g.channels], vec![0.0; g.channels])),
         });
     }
     let d_conv_weight = grads
         .conv_weight
-        .then(|| conv_weight_gradient(&g, x, fusion_weight, dy))
+        .then(|| conv_weight_gradient(&g, x, prologue, fusion_weight, dy))
         .transpose()?;
     let want_dfw = grads.fusion_weight && fusion_weight.is_some();
-    let (dx, d_fusion_weight) = if grads.input || want_dfw {
-        input_gradients(&g, x, fusion_weight, conv_weight, dy, grads.input, want_dfw)?
+    // With a prologue its gradients always come (they need the input-gradient pass).
+    let (dx, d_fusion_weight, d_prologue) = if grads.input || want_dfw || prologue.is_some() {
+        input_gradients(
+            &g,
+            x,
+            prologue,
+            fusion_weight,
+            conv_weight,
+            dy,
+            grads.input,
+            want_dfw,
+        )?
     } else {
-        (None, None)
+        (None, None, None)
     };
     Ok(RawGradients {
         dx,
         d_conv_weight,
         d_bias,
         d_fusion_weight,
+        d_prologue,
     })
 }

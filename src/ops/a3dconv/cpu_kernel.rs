@@ -29,6 +29,7 @@ pub(crate) use super::backward::backward;
 use super::direct::DirectPlan;
 use super::geometry::Geometry;
 use super::A3dConvDims;
+use crate::batchnorm::Affine;
 use crate::Result;
 use rayon::prelude::*;
 
@@ -50,6 +51,8 @@ pub(crate) struct RawGradients {
     pub d_conv_weight: Option<Vec<f32>>,
     pub d_bias: Option<Vec<f32>>,
     pub d_fusion_weight: Option<Vec<f32>>,
+    /// With a prologue: `(d_scale, d_shift)`, `[C]` each.
+    pub d_prologue: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 pub(super) use crate::ops::common::zeroed_f32 as alloc;
@@ -186,6 +189,7 @@ pub(super) fn groups(tasks: usize, max: usize) -> (usize, usize) {
 pub(crate) fn forward(
     dims: &A3dConvDims,
     x: &[f32],
+    prologue: Option<&Affine>,
     fusion_weight: Option<&[f32]>,
     conv_weight: &[f32],
     bias: Option<&[f32]>,
@@ -195,7 +199,7 @@ pub(crate) fn forward(
     if y.is_empty() {
         return Ok(y);
     }
-    let g = Geometry::new(dims);
+    let g = Geometry::with_prologue(dims, prologue.is_some());
     if g.channels == 0 || g.in_plane() == 0 {
         // Every tap reads padding (or there is nothing to read): y is the bias.
         if let Some(bias) = bias {
@@ -207,7 +211,7 @@ pub(crate) fn forward(
     }
     #[cfg(target_arch = "x86_64")]
     if g.direct {
-        forward_direct(&g, x, fusion_weight, conv_weight, bias, &mut y);
+        forward_direct(&g, x, prologue, fusion_weight, conv_weight, bias, &mut y);
         return Ok(y);
     }
     let slabs = g.out_slabs();
@@ -217,13 +221,13 @@ pub(crate) fn forward(
         .into_par_iter()
         .with_min_len(min_tasks_per_split(g.batch * slabs))
         .for_each_init(
-            || (vec![0.0f32; block_len], vec![0.0f32; col_len]),
-            |(block, col), t| {
+            || (vec![0.0f32; block_len], vec![0.0f32; col_len], Vec::new()),
+            |(block, col, rows), t| {
                 let (b, s) = (t / slabs, t % slabs);
                 let (out, inp) = g.out_slab(s);
                 let n = out.len();
-                if let Some(fw) = fusion_weight {
-                    on_tier(|| g.fuse_block(x, b, fw, &inp, block));
+                if g.staged {
+                    on_tier(|| g.stage_block(x, b, fusion_weight, prologue, &inp, block, rows));
                 }
                 for d in 0..g.depth {
                     let src = g.conv_input(x, block, b, d, &inp);
@@ -287,6 +291,7 @@ unsafe fn fill_slice(
     g: &Geometry,
     plan: &DirectPlan,
     x: &[f32],
+    prologue: Option<&Affine>,
     fusion_weight: Option<&[f32]>,
     (b, d): (usize, usize),
     (r0, rows): (usize, usize),
@@ -295,22 +300,41 @@ unsafe fn fill_slice(
 ) {
     let (cn, dn, plane, w) = (g.channels, g.depth, g.in_plane(), g.width);
     let xb = &x[g.in_batch(b)..];
+    // The prologue is applied as the rows are read (once per slice that reads them): the
+    // pre-activated values never exist outside this block.
+    let act = |c: usize| prologue.map(|a| (a.scale[c], a.shift[c]));
     match fusion_weight {
         Some(fw) => plan.fill(r0, rows, block, scratch, |c, h, dst| {
+            let pro = act(c);
             for e in 0..dn {
                 let wv = fw[(e * dn + d) * cn + c];
                 let src = &xb[(c * dn + e) * plane + h * w..][..w];
-                if e == 0 {
-                    dst.iter_mut().zip(src).for_each(|(o, s)| *o = s * wv);
-                } else {
-                    dst.iter_mut()
+                match (e, pro) {
+                    (0, None) => dst.iter_mut().zip(src).for_each(|(o, s)| *o = s * wv),
+                    (_, None) => dst
+                        .iter_mut()
                         .zip(src)
-                        .for_each(|(o, s)| *o = s.mul_add(wv, *o));
+                        .for_each(|(o, s)| *o = s.mul_add(wv, *o)),
+                    (0, Some((sc, sh))) => dst
+                        .iter_mut()
+                        .zip(src)
+                        .for_each(|(o, s)| *o = s.mul_add(sc, sh).max(0.0) * wv),
+                    (_, Some((sc, sh))) => dst
+                        .iter_mut()
+                        .zip(src)
+                        .for_each(|(o, s)| *o = s.mul_add(sc, sh).max(0.0).mul_add(wv, *o)),
                 }
             }
         }),
         None => plan.fill(r0, rows, block, scratch, |c, h, dst| {
-            dst.copy_from_slice(&xb[(c * dn + d) * plane + h * w..][..w]);
+            let src = &xb[(c * dn + d) * plane + h * w..][..w];
+            match act(c) {
+                None => dst.copy_from_slice(src),
+                Some((sc, sh)) => dst
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(o, s)| *o = s.mul_add(sc, sh).max(0.0)),
+            }
         }),
     }
 }
@@ -321,6 +345,7 @@ unsafe fn fill_slice(
 fn forward_direct(
     g: &Geometry,
     x: &[f32],
+    prologue: Option<&Affine>,
     fusion_weight: Option<&[f32]>,
     conv_weight: &[f32],
     bias: Option<&[f32]>,
@@ -346,6 +371,7 @@ fn forward_direct(
                             g,
                             &plan,
                             x,
+                            prologue,
                             fusion_weight,
                             (b, d),
                             (r0, rows),

@@ -6,6 +6,7 @@ use super::cpu_kernel::{direct_supported, padded_width, MIN_TASKS, SLAB_BYTES};
 #[cfg(target_arch = "x86_64")]
 use super::direct::ConvShape;
 use super::A3dConvDims;
+use crate::batchnorm::Affine;
 use std::ops::Range;
 
 /// Input index of output position `i`, tap `p`, or `None` in the padding.
@@ -90,6 +91,9 @@ pub(super) struct Geometry {
     pub(super) okk: usize,
     pub(super) pointwise: bool,
     pub(super) fused: bool,
+    /// Whether the convolution reads a local block rather than `x` itself: with fusion weights,
+    /// or with a BN-ReLU prologue (the pre-activated values exist only in the block).
+    pub(super) staged: bool,
     /// Whether the convolution and its input gradient run as direct AVX-512 convolutions
     /// (stride 1, not pointwise, AVX-512 tier active) instead of im2col + GEMM.
     pub(super) direct: bool,
@@ -122,6 +126,7 @@ impl Geometry {
             okk: dims.out_channels * kh * kw,
             pointwise: dims.is_pointwise(),
             fused: dims.fused,
+            staged: dims.fused,
             direct: direct_supported(dims),
             out_step: 1,
             in_step: 1,
@@ -130,10 +135,21 @@ impl Geometry {
         g
     }
 
+    /// The geometry of a layer whose input first goes through a BN-ReLU prologue when
+    /// `prologue` (the convolution then reads a staged block even without fusion).
+    pub(super) fn with_prologue(dims: &A3dConvDims, prologue: bool) -> Geometry {
+        let mut g = Geometry::new(dims);
+        if prologue && !g.staged {
+            g.staged = true;
+            g.plan();
+        }
+        g
+    }
+
     /// Chooses the slab sizes: the largest that fit [`SLAB_BYTES`], then smaller until there are
     /// [`MIN_TASKS`] tasks (or one row per slab).
     pub(super) fn plan(&mut self) {
-        let fused_px = if self.fused {
+        let fused_px = if self.staged {
             self.depth * self.channels * 4
         } else {
             0
@@ -266,25 +282,52 @@ impl Geometry {
         s * self.in_step..((s + 1) * self.in_step).min(self.in_plane())
     }
 
-    /// `block[d][c][0..n] = sum_e fw[e,d,c] * x[b,c,e,px]`: the fused planes of input pixels
-    /// `px` of batch item `b`, every slice and channel.
+    /// `block[d][c][0..n] = sum_e fw[e,d,c] * a[b,c,e,px]`: the staged planes of input pixels
+    /// `px` of batch item `b`, every slice and channel, where `a` is `x`, or
+    /// `max(x * scale[c] + shift[c], 0)` with a prologue (computed once per value into `rows`);
+    /// without fusion weights the block is `a` itself.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    pub(super) fn fuse_block(
+    pub(super) fn stage_block(
         &self,
         x: &[f32],
         b: usize,
-        fw: &[f32],
+        fw: Option<&[f32]>,
+        prologue: Option<&Affine>,
         px: &Range<usize>,
         block: &mut [f32],
+        rows: &mut Vec<f32>,
     ) {
         let (n, cn, dn, plane) = (px.len(), self.channels, self.depth, self.in_plane());
         let xb = &x[self.in_batch(b)..];
+        if prologue.is_some() {
+            rows.resize(dn * n, 0.0);
+        }
         for c in 0..cn {
+            if let Some(a) = prologue {
+                let (s, t) = (a.scale[c], a.shift[c]);
+                for e in 0..dn {
+                    let src = &xb[(c * dn + e) * plane + px.start..][..n];
+                    for (o, v) in rows[e * n..(e + 1) * n].iter_mut().zip(src) {
+                        *o = (v * s + t).max(0.0);
+                    }
+                }
+            }
+            let source = |e: usize| -> &[f32] {
+                match prologue {
+                    Some(_) => &rows[e * n..(e + 1) * n],
+                    None => &xb[(c * dn + e) * plane + px.start..][..n],
+                }
+            };
             for d in 0..dn {
                 let out = &mut block[(d * cn + c) * n..][..n];
+                let Some(fw) = fw else {
+                    out.copy_from_slice(source(d));
+                    continue;
+                };
                 for e in 0..dn {
                     let wv = fw[(e * dn + d) * cn + c];
-                    let src = &xb[(c * dn + e) * plane + px.start..][..n];
+                    let src = source(e);
                     if e == 0 {
                         out.iter_mut().zip(src).for_each(|(o, s)| *o = s * wv);
                     } else {
@@ -305,7 +348,7 @@ impl Geometry {
         d: usize,
         px: &Range<usize>,
     ) -> Planes<'a> {
-        if self.fused {
+        if self.staged {
             let n = px.len();
             Planes {
                 data: &block[d * self.channels * n..(d + 1) * self.channels * n],
@@ -418,7 +461,7 @@ impl Geometry {
 
     /// Lengths of the per-task buffers: (fused block, im2col) for the output slabs.
     pub(super) fn out_buffers(&self) -> (usize, usize) {
-        let block = if self.fused {
+        let block = if self.staged {
             (0..self.out_slabs())
                 .map(|s| self.out_slab(s).1.len())
                 .max()

@@ -46,6 +46,7 @@ mod direct;
 mod geometry;
 pub mod reference;
 
+use crate::batchnorm::Affine;
 use crate::ops::fusion::{check_dtype, check_shape, FusionDims};
 use crate::tensor::element_count;
 use crate::TensorInfo;
@@ -303,6 +304,10 @@ pub struct Gradients {
     pub d_bias: Option<Tensor>,
     /// `[D, D, C]`
     pub d_fusion_weight: Option<Tensor>,
+    /// With a BN-ReLU prologue ([`A3dConv::backward_with`]): `d scale`, `[C]` f32.
+    pub d_scale: Option<Vec<f32>>,
+    /// With a BN-ReLU prologue: `d shift`, `[C]` f32.
+    pub d_shift: Option<Vec<f32>>,
 }
 
 /// One A3DConv layer's parameters, borrowed: apply it with [`A3dConv::forward`], train it with
@@ -333,17 +338,38 @@ impl A3dConv<'_> {
 
     /// `y[B, O, D, H', W']` in `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None)
+    }
+
+    /// The layer applied to `max(x * scale[c] + shift[c], 0)` (a batch norm and ReLU before
+    /// it, `prologue`), computed as the input is staged: the pre-activated tensor is never
+    /// written.
+    pub fn forward_with(&self, x: &Tensor, prologue: Option<&Affine>) -> Result<Tensor> {
         let dims = self.dims(x)?;
+        check_prologue(&dims, prologue)?;
         let xf = f32_data(x)?;
         let fw = self.fusion_weight.map(Tensor::to_f32_vec);
         let cw = f32_data(self.conv_weight)?;
         let bias = self.bias.map(Tensor::to_f32_vec);
-        let y = cpu_kernel::forward(&dims, &xf, fw.as_deref(), &cw, bias.as_deref())?;
+        let y = cpu_kernel::forward(&dims, &xf, prologue, fw.as_deref(), &cw, bias.as_deref())?;
         from_f32(y, &dims.output_shape(), x.dtype())
     }
 
     /// Gradients of `y = self.forward(x)` given `dy`; only those in `grads` are computed.
     pub fn backward(&self, x: &Tensor, dy: &Tensor, grads: Grads) -> Result<Gradients> {
+        self.backward_with(x, None, dy, grads)
+    }
+
+    /// Gradients of `y = self.forward_with(x, prologue)`: `dx` through the ReLU mask and the
+    /// affine, and with a prologue always `d_scale` and `d_shift` (deterministic) besides the
+    /// gradients `grads` asks for.
+    pub fn backward_with(
+        &self,
+        x: &Tensor,
+        prologue: Option<&Affine>,
+        dy: &Tensor,
+        grads: Grads,
+    ) -> Result<Gradients> {
         let dims = check_backward(x, self.fusion_weight, self.conv_weight, dy, &self.params)?;
         if let Some(b) = self.bias {
             check_shape("bias", &[dims.out_channels], b.shape())?;
@@ -357,7 +383,8 @@ impl A3dConv<'_> {
         let fw = self.fusion_weight.map(Tensor::to_f32_vec);
         let cw = f32_data(self.conv_weight)?;
         let dyf = f32_data(dy)?;
-        let g = cpu_kernel::backward(&dims, &xf, fw.as_deref(), &cw, &dyf, grads)?;
+        check_prologue(&dims, prologue)?;
+        let g = cpu_kernel::backward(&dims, &xf, prologue, fw.as_deref(), &cw, &dyf, grads)?;
         let dtype = x.dtype();
         let wrap = |v: Option<Vec<f32>>, shape: &[usize]| -> Result<Option<Tensor>> {
             v.map(|v| from_f32(v, shape, dtype)).transpose()
@@ -367,7 +394,17 @@ impl A3dConv<'_> {
             d_conv_weight: wrap(g.d_conv_weight, &dims.conv_weight_shape())?,
             d_bias: wrap(g.d_bias, &[dims.out_channels])?,
             d_fusion_weight: wrap(g.d_fusion_weight, &dims.input.weight_shape())?,
+            d_scale: g.d_prologue.as_ref().map(|p| p.0.clone()),
+            d_shift: g.d_prologue.map(|p| p.1),
         })
+    }
+}
+
+/// A prologue must have one scale and one shift per input channel.
+fn check_prologue(dims: &A3dConvDims, prologue: Option<&Affine>) -> Result<()> {
+    match prologue {
+        Some(a) => a.check(dims.input.channels),
+        None => Ok(()),
     }
 }
 

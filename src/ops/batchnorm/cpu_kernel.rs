@@ -219,3 +219,34 @@ pub(crate) fn train_input_grad<T: Element>(
         },
     );
 }
+
+/// `dx += p[c] * x + q[c]` in place.
+pub(crate) fn add_affine_of<T: Element>(
+    x: &[T],
+    p: &[f32],
+    q: &[f32],
+    c: usize,
+    rest: usize,
+    dx: &mut [T],
+) {
+    if rest == 0 {
+        return;
+    }
+    dx.par_chunks_mut(rest).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(xb, gb): &mut (Vec<f32>, Vec<f32>), (plane, dst)| {
+            let ch = plane % c;
+            let (pc, qc) = (p[ch], q[ch]);
+            let xs = &x[plane * rest..][..rest];
+            for (d, xv) in dst.chunks_mut(CHUNK).zip(xs.chunks(CHUNK)) {
+                let xv = widened(xv, xb);
+                gb.resize(d.len(), 0.0);
+                T::load_f32(d, gb);
+                for (g, &xe) in gb.iter_mut().zip(xv) {
+                    *g += pc * xe + qc;
+                }
+                T::store_f32(gb, d);
+            }
+        },
+    );
+}

@@ -14,6 +14,12 @@
 //! `d_scale` and `d_shift` onward; `a3d::candle::BnReluA3dConv` lets candle's autograd do it.
 
 pub(crate) mod cpu_kernel;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "emulation")]
+mod emulated;
+#[cfg(any(feature = "cuda", feature = "emulation"))]
+pub(crate) mod launch;
 #[doc(hidden)]
 pub mod reference;
 
@@ -37,7 +43,7 @@ pub struct ChannelStats {
 }
 
 /// `[B, C, rest...]`: batch, channels, values per (batch, channel) plane.
-fn planes(arg: &'static str, shape: &[usize]) -> Result<(usize, usize, usize)> {
+pub(crate) fn planes(arg: &'static str, shape: &[usize]) -> Result<(usize, usize, usize)> {
     if shape.len() < 2 {
         return Err(Error::Rank {
             arg,
@@ -121,7 +127,7 @@ impl Affine {
         Ok(Affine { scale, shift })
     }
 
-    fn check(&self, channels: usize) -> Result<()> {
+    pub(crate) fn check(&self, channels: usize) -> Result<()> {
         check_shape("scale", &[channels], &[self.scale.len()])?;
         check_shape("shift", &[channels], &[self.shift.len()])
     }
@@ -167,6 +173,29 @@ pub fn bn_relu_forward(x: &Tensor, affine: &Affine) -> Result<Tensor> {
         x.as_slice::<T>()?, affine, b, c, rest, y.as_mut_slice::<T>()?,
     ));
     Ok(y)
+}
+
+/// Checks the arguments of the fused BN-ReLU-fusion forward: `x` `[B, C, D, H, W]`, the affine
+/// map of C channels, the fusion weights `[D, D, C]` of `x`'s dtype when given.
+pub(crate) fn check_forward(x: &Tensor, affine: &Affine, w: Option<&Tensor>) -> Result<()> {
+    let dims = crate::fusion::FusionDims::from_input_shape(x.shape())?;
+    affine.check(dims.channels)?;
+    if let Some(w) = w {
+        dims.check_weight_shape("w", w.shape())?;
+        check_dtype("w", x.dtype(), w.dtype())?;
+    }
+    Ok(())
+}
+
+/// `fusion(relu(x * scale + shift), w)` (or the BN-ReLU alone without `w`) on the CPU: the two
+/// steps one after the other (the GPU runs them as one kernel).
+pub fn bn_relu_fusion_forward(x: &Tensor, affine: &Affine, w: Option<&Tensor>) -> Result<Tensor> {
+    check_forward(x, affine, w)?;
+    let a = bn_relu_forward(x, affine)?;
+    match w {
+        Some(w) => crate::fusion::forward(&a, w),
+        None => Ok(a),
+    }
 }
 
 /// The gradients of [`bn_relu_forward`] given `dy`.
@@ -251,6 +280,28 @@ impl BatchNorm<'_> {
         let (sx, sg) = crate::dtype::with_dtype!(x.dtype(), T => cpu_kernel::masked_sums::<T>(
             x.as_slice::<T>()?, &a, dy.as_slice::<T>()?, b, c, rest,
         ));
+        let (p, q, d_weight, d_bias) = self.statistics_terms(stats, &sx, &sg);
+        let mut dx = Tensor::zeros(x.shape(), x.dtype())?;
+        crate::dtype::with_dtype!(x.dtype(), T => cpu_kernel::train_input_grad::<T>(
+            x.as_slice::<T>()?, &a, dy.as_slice::<T>()?, &p, &q, c, rest, dx.as_mut_slice::<T>()?,
+        ));
+        Ok(TrainGradients {
+            dx,
+            d_weight,
+            d_bias,
+        })
+    }
+
+    /// From `d_scale = sum g * x` and `d_shift = sum g` (`g` the gradient after the ReLU mask,
+    /// e.g. the prologue gradients of [`crate::a3dconv::A3dConv::backward_with`]): the per-channel
+    /// `p`, `q` with `dx = scale * g + p * x + q`, and `d_weight`, `d_bias`.
+    fn statistics_terms(
+        &self,
+        stats: &ChannelStats,
+        sx: &[f64],
+        sg: &[f64],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let c = sx.len();
         let n = stats.count.max(1) as f64;
         let (mut p, mut q) = (vec![0.0f32; c], vec![0.0f32; c]);
         let (mut d_weight, mut d_bias) = (vec![0.0f32; c], vec![0.0f32; c]);
@@ -267,14 +318,32 @@ impl BatchNorm<'_> {
             d_weight[ch] = dw as f32;
             d_bias[ch] = db as f32;
         }
-        let mut dx = Tensor::zeros(x.shape(), x.dtype())?;
-        crate::dtype::with_dtype!(x.dtype(), T => cpu_kernel::train_input_grad::<T>(
-            x.as_slice::<T>()?, &a, dy.as_slice::<T>()?, &p, &q, c, rest, dx.as_mut_slice::<T>()?,
+        (p, q, d_weight, d_bias)
+    }
+
+    /// The training-mode gradients when the BN-ReLU ran as a prologue of the next layer:
+    /// `dx` holds `scale * g` (what [`crate::a3dconv::A3dConv::backward_with`] returns as its
+    /// `dx`) and gets the terms through the batch statistics added in place (one pass over `x`
+    /// and `dx`); returns `(d_weight, d_bias)`.
+    pub fn train_backward_from_prologue(
+        &self,
+        x: &Tensor,
+        stats: &ChannelStats,
+        d_scale: &[f32],
+        d_shift: &[f32],
+        dx: &mut Tensor,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (_, c, rest) = planes("x", x.shape())?;
+        check_shape("dx", x.shape(), dx.shape())?;
+        check_dtype("dx", x.dtype(), dx.dtype())?;
+        check_shape("d_scale", &[c], &[d_scale.len()])?;
+        check_shape("d_shift", &[c], &[d_shift.len()])?;
+        let sx: Vec<f64> = d_scale.iter().map(|&v| v as f64).collect();
+        let sg: Vec<f64> = d_shift.iter().map(|&v| v as f64).collect();
+        let (p, q, d_weight, d_bias) = self.statistics_terms(stats, &sx, &sg);
+        crate::dtype::with_dtype!(x.dtype(), T => cpu_kernel::add_affine_of::<T>(
+            x.as_slice::<T>()?, &p, &q, c, rest, dx.as_mut_slice::<T>()?,
         ));
-        Ok(TrainGradients {
-            dx,
-            d_weight,
-            d_bias,
-        })
+        Ok((d_weight, d_bias))
     }
 }
