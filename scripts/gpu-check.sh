@@ -8,7 +8,7 @@
 #   (`a3d-cli`, feature cuda) and the test executables of `a3d` (feature cuda) in release mode,
 #   copies them to gpu-check/bin/{a3d,test-<target>} (test-a3d = the library's unit tests; only
 #   the targets that run kernels on the GPU: a3d, cuda, fusion, shift, depthconv, torch_parity,
-#   boxes, roi_align, detection_parity),
+#   boxes, roi_align, detection_parity, batchnorm),
 #   strips them, writes gpu-check/build-info.txt, checks the size that travels, and prints the
 #   device call to make: carry ["gpu-check"], command `bash scripts/gpu-check.sh run "$OUT"`.
 #
@@ -90,7 +90,7 @@ import json, os, re, shutil, sys
 src, bindir, checkdir = sys.argv[1:4]
 copied, ptxas = {}, []
 GPU_TESTS = {"test-a3d", "test-cuda", "test-fusion", "test-shift", "test-depthconv", "test-torch_parity",
-             "test-boxes", "test-roi_align", "test-detection_parity"}
+             "test-boxes", "test-roi_align", "test-detection_parity", "test-batchnorm"}
 for line in open(src):
     line = line.strip()
     if not line.startswith("{"):
@@ -438,7 +438,7 @@ run_check() {
       # The symmetric operators' kernels: memcheck of their reference tests, racecheck of the
       # depth convolution (its weight gradient reduces through shared memory).
       local t
-      for t in shift depthconv boxes roi_align; do
+      for t in shift depthconv boxes roi_align batchnorm; do
         [ -f "$BIN/test-$t" ] || continue
         step "memcheck-$t" sanitizer 45 "memcheck-$t.log" "memcheck-$t.log" \
           "$cs" --tool memcheck --error-exitcode 86 --print-limit 50 "$BIN/test-$t" --test-threads=1 every_backend

@@ -167,7 +167,7 @@ impl Row {
     pub fn to_table_line(&self) -> String {
         let shape: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
         format!(
-            "{:<10} {:<9} {:<5} {:<5} {:<20} {:>10.3} {:>10.3} {:>8.2} {:>8.1}",
+            "{:<13} {:<16} {:<5} {:<5} {:<20} {:>10.3} {:>10.3} {:>8.2} {:>8.1}",
             self.op,
             self.pass,
             self.device,
@@ -186,7 +186,7 @@ pub fn print_header(threads: usize) {
         "threads: {threads}; medians of interleaved runs; copy = read + write of x's bytes once"
     );
     crate::say!(
-        "{:<10} {:<9} {:<5} {:<5} {:<20} {:>10} {:>10} {:>8} {:>8}",
+        "{:<13} {:<16} {:<5} {:<5} {:<20} {:>10} {:>10} {:>8} {:>8}",
         "op",
         "pass",
         "dev",

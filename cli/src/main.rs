@@ -10,6 +10,7 @@
 mod bench;
 mod bench_a3dconv;
 mod bench_context;
+mod bench_dense_layer;
 mod bench_detection;
 
 /// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
@@ -167,6 +168,10 @@ enum BenchOp {
     RoiAlign,
     /// NMS at IoU 0.7 of clustered proposal-like boxes (the reference RPN's setting).
     Nms,
+    /// One dense layer in training mode (BN-ReLU-A3DConv 1x1 F->128, BN-ReLU-A3DConv 3x3
+    /// 128->32), BN-ReLU fused into the convolutions against run one after the other.
+    #[value(name = "dense-layer")]
+    DenseLayer,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -269,6 +274,35 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
             }
             run_detection_bench(args, &dtypes, &pool)
         }
+        BenchOp::DenseLayer => {
+            if let Some(flag) = args.conv.any_given() {
+                return Err(format!("{flag} applies to `a3d bench a3dconv` only"));
+            }
+            if !matches!(args.device, DeviceArg::Cpu | DeviceArg::All) {
+                return Err("dense-layer runs on the CPU (its GPU path is not built yet)".into());
+            }
+            if dtypes != [DType::F32] {
+                return Err("dense-layer times f32 (the layer's PyTorch peer runs f32)".into());
+            }
+            let shapes = if args.shape.is_empty() {
+                bench_dense_layer::DEFAULT_SHAPES.to_vec()
+            } else {
+                shapes_of::<5>(&args.shape, "B,F,D,H,W")?
+            };
+            if !args.json {
+                bench::print_header(pool.current_num_threads());
+            }
+            for shape in shapes {
+                for row in pool.install(|| bench_dense_layer::dense_layer_cpu(shape, args.runs))? {
+                    if args.json {
+                        say!("{}", row.to_json());
+                    } else {
+                        say!("{}", row.to_table_line());
+                    }
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -296,7 +330,11 @@ fn run_fusion_bench(
                 BenchOp::Tsm => Some(bench_context::ContextOp::Tsm),
                 BenchOp::AlignShift => Some(bench_context::ContextOp::AlignShift),
                 BenchOp::DepthConv => Some(bench_context::ContextOp::DepthConv),
-                BenchOp::Fusion | BenchOp::A3dconv | BenchOp::RoiAlign | BenchOp::Nms => None,
+                BenchOp::Fusion
+                | BenchOp::A3dconv
+                | BenchOp::RoiAlign
+                | BenchOp::Nms
+                | BenchOp::DenseLayer => None,
             };
             let rows = match (&device, context) {
                 (BenchDevice::Cpu, Some(op)) => {
@@ -540,7 +578,8 @@ fn run_selftest(device: DeviceArg, seed: Option<u64>) -> ExitCode {
             .chain(selftest::run_shift(backend.as_ref(), seed))
             .chain(selftest::run_depthconv(backend.as_ref(), seed))
             .chain(selftest::run_boxes(backend.as_ref(), seed))
-            .chain(selftest::run_roi_align(backend.as_ref(), seed));
+            .chain(selftest::run_roi_align(backend.as_ref(), seed))
+            .chain(selftest::run_batchnorm(backend.as_ref(), seed));
         for check in checks {
             say!("{check}");
             if check.passed() {

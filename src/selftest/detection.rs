@@ -1,9 +1,11 @@
 //! Self-test of the detection ops: IoU and NMS against float64 (NMS as the mismatch count of the
 //! kept set against a greedy float64 NMS), RoIAlign forward and backward against the float64
-//! reference in every dtype, on random odd-sized problems.
+//! reference in every dtype, and the batch-norm statistics and fused BN-ReLU-fusion forward, on
+//! random odd-sized problems.
 
 use super::{tolerance, Check};
-use crate::backend::{BoxBackend, RoiAlignBackend};
+use crate::backend::{BatchNormBackend, BoxBackend, RoiAlignBackend};
+use crate::batchnorm::{self, Affine};
 use crate::boxes::{self, Nms, PixelConvention};
 use crate::fusion::reference::relative_error;
 use crate::rng::SplitMix64;
@@ -158,6 +160,66 @@ pub fn run_roi_align(backend: &dyn RoiAlignBackend, seed: u64) -> Vec<Check> {
                     failure,
                 });
             }
+        }
+    }
+    checks
+}
+
+/// Batch-norm statistics and the BN-ReLU(-fusion) forward, every dtype, against float64.
+pub fn run_batchnorm(backend: &dyn BatchNormBackend, seed: u64) -> Vec<Check> {
+    let mut rng = SplitMix64::new(seed);
+    let mut checks = Vec::new();
+    let shape = [
+        2,
+        3,
+        3 + 2 * rng.below(2) as usize,
+        9,
+        7 + 2 * rng.below(3) as usize,
+    ];
+    let (b, c, d, rest) = (shape[0], shape[1], shape[2], shape[2] * shape[3] * shape[4]);
+    let n: usize = shape.iter().product();
+    for dtype in DType::ALL {
+        let xv = rng.vec_f32(n, -1.0, 1.0);
+        let a = Affine {
+            scale: rng.vec_f32(c, -1.5, 1.5),
+            shift: rng.vec_f32(c, -0.5, 0.5),
+        };
+        let result = || -> Result<(f64, f64)> {
+            let x = Tensor::from_f32(&xv, &shape, dtype)?;
+            let x64 = x.to_f64_vec();
+            let (mean, var) = batchnorm::reference::stats(&x64, b, c, rest);
+            let st = backend.channel_stats(&x)?;
+            let f = |v: &[f32]| v.iter().map(|&q| q as f64).collect::<Vec<_>>();
+            let stats_err =
+                relative_error(&f(&st.mean), &mean).max(relative_error(&f(&st.var), &var));
+            let w = crate::fusion::init_weights(d, c, 3)?.to_dtype(dtype);
+            let zeros = vec![0.0; n];
+            let (act, ..) =
+                batchnorm::reference::bn_relu(&x64, &f(&a.scale), &f(&a.shift), &zeros, c, rest);
+            let dims = crate::fusion::FusionDims::from_input_shape(&shape)?;
+            let want = crate::fusion::reference::forward(&dims, &act, &w.to_f64_vec());
+            let y = backend.bn_relu_fusion_forward(&x, &a, Some(&w))?;
+            Ok((stats_err, relative_error(&y.to_f64_vec(), &want)))
+        };
+        let (stats, fwd) = match result() {
+            Ok((s, f)) => (Ok(s), Ok(f)),
+            Err(e) => (Err(e.clone()), Err(e)),
+        };
+        for (pass, r, tol) in [
+            ("stats", stats, 1e-6),
+            ("forward", fwd, 2.0 * tolerance(dtype)),
+        ] {
+            let (error, failure) = outcome(r);
+            checks.push(Check {
+                backend: backend.name(),
+                op: "bn_relu",
+                pass,
+                dtype,
+                shape: shape.to_vec(),
+                error,
+                tolerance: tol,
+                failure,
+            });
         }
     }
     checks

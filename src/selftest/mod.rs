@@ -5,7 +5,7 @@
 
 mod detection;
 
-pub use detection::{run_boxes, run_roi_align};
+pub use detection::{run_batchnorm, run_boxes, run_roi_align};
 
 use crate::a3dconv::{self, A3dConv, Conv2dParams};
 use crate::backend::{DepthConvBackend, FusionBackend, ShiftBackend};
@@ -27,9 +27,9 @@ pub fn tolerance(dtype: DType) -> f64 {
 pub struct Check {
     /// Backend name.
     pub backend: String,
-    /// `fusion`, `tsm`, `alignshift`, `depthconv`, `boxes` or `roi_align`.
+    /// `fusion`, `tsm`, `alignshift`, `depthconv`, `boxes`, `roi_align` or `bn_relu`.
     pub op: &'static str,
-    /// `forward`, `grad_input`, `grad_weight`, `iou` or `nms`.
+    /// `forward`, `grad_input`, `grad_weight`, `iou`, `nms` or `stats`.
     pub pass: &'static str,
     /// Storage dtype.
     pub dtype: DType,

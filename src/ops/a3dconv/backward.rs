@@ -135,6 +135,23 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     lanes.iter().map(|&v| v as f64).sum()
 }
 
+/// `sum a[i]` in 16 f32 lanes, added in f64 (a fixed order).
+#[inline(always)]
+fn sum(a: &[f32]) -> f64 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = a.chunks_exact(16);
+    let tail = chunks.remainder();
+    for x in chunks {
+        for l in 0..16 {
+            lanes[l] += x[l];
+        }
+    }
+    for (l, x) in tail.iter().enumerate() {
+        lanes[l] += x;
+    }
+    lanes.iter().map(|&v| v as f64).sum()
+}
+
 /// What [`unstage_block`] accumulates besides `dx`: the fusion weights' partial sums `[D, D, C]`
 /// and, with a prologue, `[d_scale[C], d_shift[C]]`.
 struct Sums<'a> {
@@ -210,15 +227,13 @@ fn unstage_block(
                 None => ge.copy_from_slice(&dzb[(e * cn + c) * n..][..n]),
             }
             if let Some((s, t)) = affine {
-                // Through the ReLU: the gradient of the affine's output.
+                // Through the ReLU: the gradient of the affine's output (a select, no branch).
                 for (gv, v) in ge.iter_mut().zip(x_row(e)) {
-                    if v * s + t <= 0.0 {
-                        *gv = 0.0;
-                    }
+                    *gv = if v * s + t > 0.0 { *gv } else { 0.0 };
                 }
                 if let Some(ps) = sums.prologue.as_deref_mut() {
                     ps[c] += dot(ge, x_row(e));
-                    ps[cn + c] += ge.iter().map(|&v| v as f64).sum::<f64>();
+                    ps[cn + c] += sum(ge);
                 }
                 ge.iter_mut().for_each(|v| *v *= s);
             }
