@@ -175,3 +175,74 @@ fn whole_layer_gradient_by_finite_differences() -> R {
     }
     Ok(())
 }
+
+/// The layer's fused path (BN-ReLU inside the convolution's op) against the same layer run as
+/// BN-ReLU op then convolution: outputs, every parameter's gradient and dx, running statistics,
+/// in training and evaluation mode, with A3D fusion and without.
+#[test]
+fn fused_layer_equals_bn_relu_then_conv() -> R {
+    let dev = Device::Cpu;
+    let (b, c, d, h, w) = (2, 6, 3, 9, 8);
+    for fusion in [ContextFusion::A3d, ContextFusion::None] {
+        let mut rng = SplitMix64::new(21);
+        let mut varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let mut conv = A3dConvConfig::new(c, 5, d);
+        conv.padding = 1;
+        let cfg = BnReluA3dConvConfig::new(ContextConvConfig { conv, fusion });
+        let l = BnReluA3dConv::new(cfg, vb.pp("norm"), vb.pp("conv"))?;
+        varmap.set_one("norm.weight", Tensor::new(rng.vec_f32(c, 0.5, 1.5), &dev)?)?;
+        varmap.set_one("norm.bias", Tensor::new(rng.vec_f32(c, -0.3, 0.3), &dev)?)?;
+        for train in [true, false] {
+            let x = Var::from_tensor(&Tensor::from_vec(
+                rng.vec_f32(b * c * d * h * w, -1.0, 1.0),
+                (b, c, d, h, w),
+                &dev,
+            )?)?;
+            let before = (values(l.running_stats().0), values(l.running_stats().1));
+            // Unfused: the BN-ReLU op, then the convolution (the running update happens once
+            // here; restore the statistics before the fused run).
+            let y_ref = l
+                .conv()
+                .forward_t(&l.bn_relu_t(x.as_tensor(), train)?, false)?;
+            let after_ref = (values(l.running_stats().0), values(l.running_stats().1));
+            varmap.set_one("norm.running_mean", Tensor::new(before.0.clone(), &dev)?)?;
+            varmap.set_one("norm.running_var", Tensor::new(before.1.clone(), &dev)?)?;
+            let y = l.forward_t(x.as_tensor(), train)?;
+            close(&values(&y), &values(&y_ref), 1e-5, "y");
+            close(
+                &values(l.running_stats().0),
+                &after_ref.0,
+                1e-6,
+                "running_mean",
+            );
+            close(
+                &values(l.running_stats().1),
+                &after_ref.1,
+                1e-6,
+                "running_var",
+            );
+            let g = Tensor::from_vec(rng.vec_f32(y.elem_count(), -1.0, 1.0), y.shape(), &dev)?;
+            let ga = (&y * &g)?.sum_all()?.backward()?;
+            let gb = (&y_ref * &g)?.sum_all()?.backward()?;
+            let vars = varmap.data().lock().unwrap().clone();
+            let mut names: Vec<&String> = vars.keys().collect();
+            names.sort();
+            for name in names {
+                let t = vars[name].as_tensor();
+                match (ga.get(t), gb.get(t)) {
+                    (Some(a), Some(r)) => close(&values(a), &values(r), 2e-4, name),
+                    (None, None) => {}
+                    _ => panic!("{fusion:?} train={train}: {name} has a gradient on one path only"),
+                }
+            }
+            close(
+                &values(ga.get(x.as_tensor()).unwrap()),
+                &values(gb.get(x.as_tensor()).unwrap()),
+                2e-4,
+                "dx",
+            );
+        }
+    }
+    Ok(())
+}

@@ -23,37 +23,45 @@ fn host_params(
     l: &Layout,
     weight_shape: [usize; 4],
     bias: bool,
-) -> candle_core::Result<(crate::Tensor, Option<crate::Tensor>)> {
+    extra: usize,
+) -> candle_core::Result<(crate::Tensor, Option<crate::Tensor>, Vec<f32>)> {
     fn typed<T: HostElement>(
         op: &str,
         v: &[T],
         l: &Layout,
         weight_shape: [usize; 4],
         bias: bool,
-    ) -> candle_core::Result<(crate::Tensor, Option<crate::Tensor>)> {
+        extra: usize,
+    ) -> candle_core::Result<(crate::Tensor, Option<crate::Tensor>, Vec<f32>)> {
         let err = |e| candle_err(op, e);
         let n = element_count(&weight_shape).map_err(err)?;
-        let expected = n + if bias { weight_shape[0] } else { 0 };
+        let nb = n + if bias { weight_shape[0] } else { 0 };
+        let expected = nb + extra;
         if l.dims() != [expected] {
             candle_core::bail!(
                 "{op}: `params` must have shape [{expected}] (conv_weight {weight_shape:?} \
-                 flattened{}), got {:?}",
+                 flattened{}{}), got {:?}",
                 if bias { ", then bias" } else { "" },
+                if extra > 0 {
+                    ", then the norm's weight and bias"
+                } else {
+                    ""
+                },
                 l.dims()
             );
         }
         let v = contiguous(v, l)?;
         let weight = crate::Tensor::from_slice(&v[..n], &weight_shape).map_err(err)?;
         let bias = bias
-            .then(|| crate::Tensor::from_slice(&v[n..], &[weight_shape[0]]))
+            .then(|| crate::Tensor::from_slice(&v[n..nb], &[weight_shape[0]]))
             .transpose()
             .map_err(err)?;
-        Ok((weight, bias))
+        Ok((weight, bias, v[nb..].iter().map(|x| x.to_f32()).collect()))
     }
     match s {
-        CpuStorage::F32(v) => typed(op, v, l, weight_shape, bias),
-        CpuStorage::F16(v) => typed(op, v, l, weight_shape, bias),
-        CpuStorage::BF16(v) => typed(op, v, l, weight_shape, bias),
+        CpuStorage::F32(v) => typed(op, v, l, weight_shape, bias, extra),
+        CpuStorage::F16(v) => typed(op, v, l, weight_shape, bias, extra),
+        CpuStorage::BF16(v) => typed(op, v, l, weight_shape, bias, extra),
         other => Err(candle_core::Error::Msg(format!(
             "{op}: `params` has dtype {:?}, expected f32, f16 or bf16",
             other.dtype()
@@ -70,17 +78,29 @@ fn host_params(
 /// `x.apply_op2(params, op)`), and `params`: the convolution weight `weight_shape` flattened,
 /// followed by the bias `[O]` when `bias` is set. All of one dtype: f32, f16 or bf16.
 /// The gradient of `params` is packed the same way.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct A3dConvOp {
     /// `[O, C, kh, kw]`
     weight_shape: [usize; 4],
-    /// Whether `params` ends with a bias `[O]`.
+    /// Whether `params` has a bias `[O]` after the weight.
     bias: bool,
     /// Stride, padding, dilation.
     params: Conv2dParams,
+    /// A batch norm + ReLU applied to `x` as the layer's prologue; `params` then ends with the
+    /// norm's weight and bias `[C]` each.
+    prologue: Option<super::batchnorm::Prologue>,
 }
 
 impl A3dConvOp {
+    /// Elements of `params` after the weight and bias: the norm's weight and bias.
+    fn extra(&self) -> usize {
+        if self.prologue.is_some() {
+            2 * self.weight_shape[1]
+        } else {
+            0
+        }
+    }
+
     fn forward(
         &self,
         (xs, xl): (&CpuStorage, &Layout),
@@ -92,14 +112,21 @@ impl A3dConvOp {
         let fw = fusion_weight
             .map(|(s, l)| host_tensor(op, "fusion_weight", s, l))
             .transpose()?;
-        let (weight, bias) = host_params(op, ps, pl, self.weight_shape, self.bias)?;
+        let (weight, bias, norm) =
+            host_params(op, ps, pl, self.weight_shape, self.bias, self.extra())?;
         let layer = a3dconv::A3dConv {
             fusion_weight: fw.as_ref(),
             conv_weight: &weight,
             bias: bias.as_ref(),
             params: self.params,
         };
-        let y = layer.forward(&x).map_err(|e| candle_err(op, e))?;
+        let affine = match &self.prologue {
+            Some(p) => Some(p.forward_affine(op, &x, &norm)?),
+            None => None,
+        };
+        let y = layer
+            .forward_with(&x, affine.as_ref())
+            .map_err(|e| candle_err(op, e))?;
         let shape = Shape::from_dims(y.shape());
         Ok((cpu_storage(op, y)?, shape))
     }
@@ -116,7 +143,8 @@ impl A3dConvOp {
         let op = A3DCONV_NAME;
         let want_params = params.track_op();
         let grads = Grads {
-            input: x.track_op(),
+            // The prologue's gradients need the input-gradient pass anyway.
+            input: x.track_op() || (self.prologue.is_some() && want_params),
             conv_weight: want_params,
             bias: want_params && self.bias,
             fusion_weight: fusion_weight.is_some_and(Tensor::track_op),
@@ -133,8 +161,8 @@ impl A3dConvOp {
                 })
             })
             .transpose()?;
-        let (weight, bias) = with_cpu_storage(op, "params", params, |s, l| {
-            host_params(op, s, l, self.weight_shape, self.bias)
+        let (weight, bias, norm) = with_cpu_storage(op, "params", params, |s, l| {
+            host_params(op, s, l, self.weight_shape, self.bias, self.extra())
         })?;
         let dyh = with_cpu_storage(op, "dy", dy, |s, l| host_tensor(op, "dy", s, l))?;
         let layer = a3dconv::A3dConv {
@@ -143,20 +171,46 @@ impl A3dConvOp {
             bias: bias.as_ref(),
             params: self.params,
         };
-        let g = layer
-            .backward(&xh, &dyh, grads)
+        let affine = match &self.prologue {
+            Some(p) => Some(p.backward_affine(op, &norm)?),
+            None => None,
+        };
+        let mut g = layer
+            .backward_with(&xh, affine.as_ref(), &dyh, grads)
             .map_err(|e| candle_err(op, e))?;
+        // The norm's own gradients (through the batch statistics in training mode).
+        let d_norm = match &self.prologue {
+            Some(p) => Some(p.finish_backward(op, &xh, &norm, &mut g)?),
+            None => None,
+        };
         let device = x.device();
-        let dx =
-            g.dx.map(|t| candle_tensor(op, vec![t], x.dims(), device))
-                .transpose()?;
+        let dx = match x.track_op() {
+            true => {
+                g.dx.map(|t| candle_tensor(op, vec![t], x.dims(), device))
+                    .transpose()?
+            }
+            false => None,
+        };
         let dfw = match (g.d_fusion_weight, fusion_weight) {
             (Some(t), Some(fw)) => Some(candle_tensor(op, vec![t], fw.dims(), device)?),
             _ => None,
         };
         let dparams = match g.d_conv_weight {
             Some(dw) => {
-                let parts = [Some(dw), g.d_bias].into_iter().flatten().collect();
+                let dtype = dw.dtype();
+                let norm_part = d_norm
+                    .map(|(w, b)| {
+                        let mut v = w;
+                        v.extend(b);
+                        let len = v.len();
+                        crate::Tensor::from_vec(v, &[len]).map(|t| t.to_dtype(dtype))
+                    })
+                    .transpose()
+                    .map_err(|e| candle_err(op, e))?;
+                let parts = [Some(dw), g.d_bias, norm_part]
+                    .into_iter()
+                    .flatten()
+                    .collect();
                 Some(candle_tensor(op, parts, params.dims(), device)?)
             }
             None => None,
@@ -384,9 +438,23 @@ impl A3dConv {
 
     /// The layer as one a3d custom op (CPU, `groups == 1`).
     fn forward_a3d(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_a3d_with(x, None)
+    }
+
+    /// [`A3dConv::forward_a3d`] with a BN-ReLU prologue (`norm`: its weight and bias, appended
+    /// to the parameter vector so candle's autograd hands them their gradients).
+    pub(crate) fn forward_a3d_with(
+        &self,
+        x: &Tensor,
+        prologue: Option<(super::batchnorm::Prologue, &Tensor, &Tensor)>,
+    ) -> candle_core::Result<Tensor> {
         let weight = self.conv.weight();
         let (o, c, kh, kw) = weight.dims4()?;
         let cfg = &self.config;
+        let (spec, norm) = match prologue {
+            Some((p, w, b)) => (Some(p), Some((w, b))),
+            None => (None, None),
+        };
         let op = A3dConvOp {
             weight_shape: [o, c, kh, kw],
             bias: self.conv.bias().is_some(),
@@ -395,17 +463,33 @@ impl A3dConv {
                 padding: [cfg.padding; 2],
                 dilation: [cfg.dilation; 2],
             },
+            prologue: spec,
         };
-        // One parameter vector: candle's autograd splits its gradient back to weight and bias.
+        // One parameter vector: candle's autograd splits its gradient back to weight and bias
+        // (and the norm's weight and bias).
         let flat = weight.flatten_all()?;
-        let params = match self.conv.bias() {
-            Some(bias) => Tensor::cat(&[&flat, bias], 0)?,
-            None => flat,
+        let mut parts = vec![flat];
+        if let Some(bias) = self.conv.bias() {
+            parts.push(bias.clone());
+        }
+        if let Some((w, b)) = norm {
+            parts.push(w.to_dtype(weight.dtype())?);
+            parts.push(b.to_dtype(weight.dtype())?);
+        }
+        let params = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Tensor::cat(&parts, 0)?
         };
         match &self.align {
             Some(align) => x.apply_op3(align, &params, op),
             None => x.apply_op2(&params, op),
         }
+    }
+
+    /// Whether [`A3dConv::forward_a3d_with`] applies to `x` (CPU, `groups == 1`).
+    pub(crate) fn runs_a3d_op(&self, x: &Tensor) -> bool {
+        self.uses_a3d_op(x)
     }
 
     /// Fusion, then candle's `conv2d` on the `B * D` slices.

@@ -15,18 +15,113 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
 
 use super::storage::{candle_err, candle_tensor, cpu_storage, host_tensor, weights_f32};
-use super::{ContextConv, ContextConvConfig};
+use super::{ContextConv, ContextConvConfig, ContextFusion};
 use crate::batchnorm::{self, Affine, BatchNorm, ChannelStats};
 use crate::dtype::with_dtype;
+
+/// Where a training forward leaves the batch's statistics.
+type StatsCell = Arc<Mutex<Option<ChannelStats>>>;
 
 /// Which statistics the op normalises with.
 #[derive(Debug, Clone)]
 enum Mode {
     /// The batch's own; the forward leaves them in the cell for the running update and the
     /// backward.
-    Train(Arc<Mutex<Option<ChannelStats>>>),
+    Train(StatsCell),
     /// Fixed running statistics.
     Eval { mean: Vec<f32>, var: Vec<f32> },
+}
+
+/// A batch norm + ReLU run as the prologue of the next A3DConv op (`a3dconv.rs`): the op's
+/// parameter vector ends with the norm's weight and bias, and these methods turn them and the
+/// statistics into the affine map and finish the gradients.
+#[derive(Debug, Clone)]
+pub(crate) struct Prologue {
+    mode: Mode,
+    eps: f32,
+}
+
+impl Prologue {
+    fn split(norm: &[f32]) -> (&[f32], &[f32]) {
+        norm.split_at(norm.len() / 2)
+    }
+
+    fn stats(&self, op: &str) -> candle_core::Result<ChannelStats> {
+        match &self.mode {
+            Mode::Train(cell) => cell
+                .lock()
+                .map_err(|_| candle_core::Error::Msg(format!("{op}: poisoned")))?
+                .clone()
+                .ok_or_else(|| candle_core::Error::Msg(format!("{op}: batch statistics missing"))),
+            Mode::Eval { mean, var } => Ok(ChannelStats {
+                mean: mean.clone(),
+                var: var.clone(),
+                count: 0,
+            }),
+        }
+    }
+
+    /// The forward's affine map: from `x`'s statistics (kept for the backward and the running
+    /// update) in training mode, from the running statistics otherwise.
+    pub(crate) fn forward_affine(
+        &self,
+        op: &str,
+        x: &crate::Tensor,
+        norm: &[f32],
+    ) -> candle_core::Result<Affine> {
+        let (w, b) = Self::split(norm);
+        if let Mode::Train(cell) = &self.mode {
+            let stats = batchnorm::channel_stats(x).map_err(|e| candle_err(op, e))?;
+            *cell
+                .lock()
+                .map_err(|_| candle_core::Error::Msg(format!("{op}: poisoned")))? = Some(stats);
+        }
+        let st = self.stats(op)?;
+        Affine::from_batch_norm(w, b, &st.mean, &st.var, self.eps).map_err(|e| candle_err(op, e))
+    }
+
+    /// The affine map the forward used.
+    pub(crate) fn backward_affine(&self, op: &str, norm: &[f32]) -> candle_core::Result<Affine> {
+        let (w, b) = Self::split(norm);
+        let st = self.stats(op)?;
+        Affine::from_batch_norm(w, b, &st.mean, &st.var, self.eps).map_err(|e| candle_err(op, e))
+    }
+
+    /// The norm's `(d_weight, d_bias)` from the layer's prologue gradients; in training mode the
+    /// terms through the batch statistics are added to `g.dx` too.
+    pub(crate) fn finish_backward(
+        &self,
+        op: &str,
+        x: &crate::Tensor,
+        norm: &[f32],
+        g: &mut crate::a3dconv::Gradients,
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+        let (w, b) = Self::split(norm);
+        let missing = || candle_core::Error::Msg(format!("{op}: prologue gradients missing"));
+        let (ds, dt) = (
+            g.d_scale.clone().ok_or_else(missing)?,
+            g.d_shift.clone().ok_or_else(missing)?,
+        );
+        let st = self.stats(op)?;
+        match &self.mode {
+            Mode::Train(_) => {
+                let bn = BatchNorm {
+                    weight: w,
+                    bias: b,
+                    eps: self.eps,
+                };
+                let dx = g.dx.as_mut().ok_or_else(missing)?;
+                bn.train_backward_from_prologue(x, &st, &ds, &dt, dx)
+                    .map_err(|e| candle_err(op, e))
+            }
+            Mode::Eval { mean, var } => {
+                let dw = (0..w.len())
+                    .map(|c| (ds[c] - mean[c] * dt[c]) / (var[c] + self.eps).sqrt())
+                    .collect();
+                Ok((dw, dt))
+            }
+        }
+    }
 }
 
 /// `relu(batch_norm(x))` on `(x [B, C, ...], weight [C], bias [C])`.
@@ -259,41 +354,32 @@ impl BnReluA3dConv {
         })
     }
 
-    /// The BN-ReLU alone (what the convolution receives).
-    pub fn bn_relu_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let op = "a3d-bn-relu";
-        let (w, b) = (self.weight.as_ref(), self.bias.as_ref());
-        if !train {
-            let mode = Mode::Eval {
-                mean: self
-                    .running_mean
-                    .as_tensor()
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1()?,
-                var: self
-                    .running_var
-                    .as_tensor()
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1()?,
-            };
-            return x.apply_op3(
-                w,
-                b,
-                BnReluOp {
-                    mode,
-                    eps: self.config.eps,
-                },
-            );
+    /// The statistics mode of one forward: the batch's (with the cell the op fills) or the
+    /// running ones.
+    fn mode(&self, train: bool) -> candle_core::Result<(Mode, Option<StatsCell>)> {
+        if train {
+            let cell = Arc::new(Mutex::new(None));
+            return Ok((Mode::Train(cell.clone()), Some(cell)));
         }
-        let cell = Arc::new(Mutex::new(None));
-        let y = x.apply_op3(
-            w,
-            b,
-            BnReluOp {
-                mode: Mode::Train(cell.clone()),
-                eps: self.config.eps,
+        let f32s = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+            t.to_dtype(candle_core::DType::F32)?.to_vec1()
+        };
+        Ok((
+            Mode::Eval {
+                mean: f32s(self.running_mean.as_tensor())?,
+                var: f32s(self.running_var.as_tensor())?,
             },
-        )?;
+            None,
+        ))
+    }
+
+    /// After a training forward: the running statistics and `num_batches_tracked`, as PyTorch.
+    fn update_running(
+        &self,
+        cell: &Mutex<Option<ChannelStats>>,
+        dev: &candle_core::Device,
+    ) -> candle_core::Result<()> {
+        let op = "a3d-bn-relu";
         let stats = cell
             .lock()
             .map_err(|_| candle_core::Error::Msg(format!("{op}: poisoned")))?
@@ -302,37 +388,76 @@ impl BnReluA3dConv {
             candle_core::bail!("{op}: the forward left no batch statistics");
         };
         let dtype = self.running_mean.dtype();
-        let mut mean: Vec<f32> = self
-            .running_mean
-            .as_tensor()
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
-        let mut var: Vec<f32> = self
-            .running_var
-            .as_tensor()
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
+        let f32s = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+            t.to_dtype(candle_core::DType::F32)?.to_vec1()
+        };
+        let (mut mean, mut var) = (
+            f32s(self.running_mean.as_tensor())?,
+            f32s(self.running_var.as_tensor())?,
+        );
         batchnorm::update_running(&mut mean, &mut var, &stats, self.config.momentum)
             .map_err(|e| candle_err(op, e))?;
-        let dev = x.device();
         self.running_mean
             .set(&Tensor::new(mean, dev)?.to_dtype(dtype)?)?;
         self.running_var
             .set(&Tensor::new(var, dev)?.to_dtype(dtype)?)?;
         self.num_batches_tracked
             .set(&(self.num_batches_tracked.as_tensor() + 1.0)?)?;
+        Ok(())
+    }
+
+    /// The BN-ReLU alone (what the convolution receives).
+    pub fn bn_relu_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let (w, b) = (self.weight.as_ref(), self.bias.as_ref());
+        let (mode, cell) = self.mode(train)?;
+        let y = x.apply_op3(
+            w,
+            b,
+            BnReluOp {
+                mode,
+                eps: self.config.eps,
+            },
+        )?;
+        if let Some(cell) = cell {
+            self.update_running(&cell, x.device())?;
+        }
         Ok(y)
     }
 
+    /// Whether the whole layer runs as one a3d op with the BN-ReLU as the convolution's
+    /// prologue: A3D fusion or none, `groups == 1`, CPU tensors.
+    fn fused(&self, x: &Tensor) -> bool {
+        matches!(self.conv.fusion(), ContextFusion::A3d | ContextFusion::None)
+            && self.conv.conv().runs_a3d_op(x)
+    }
+
     /// The whole layer; `thickness` is for AlignShift (see [`ContextConv::forward_with_thickness`]).
+    /// With A3D fusion (or none) on the CPU the BN-ReLU runs inside the convolution's op (the
+    /// pre-activated tensor is never written); otherwise it is its own op before the layer.
     pub fn forward_with_thickness(
         &self,
         x: &Tensor,
         thickness: Option<&[f32]>,
         train: bool,
     ) -> candle_core::Result<Tensor> {
-        self.conv
-            .forward_with_thickness(&self.bn_relu_t(x, train)?, thickness)
+        if !self.fused(x) {
+            return self
+                .conv
+                .forward_with_thickness(&self.bn_relu_t(x, train)?, thickness);
+        }
+        let (mode, cell) = self.mode(train)?;
+        let prologue = Prologue {
+            mode,
+            eps: self.config.eps,
+        };
+        let y = self
+            .conv
+            .conv()
+            .forward_a3d_with(x, Some((prologue, &self.weight, &self.bias)))?;
+        if let Some(cell) = cell {
+            self.update_running(&cell, x.device())?;
+        }
+        Ok(y)
     }
 
     /// The convolution part.
