@@ -12,6 +12,7 @@ mod bench_a3dconv;
 mod bench_context;
 mod bench_dense_layer;
 mod bench_detection;
+mod inspect;
 
 /// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
 macro_rules! say {
@@ -45,6 +46,18 @@ struct Cli {
 enum Command {
     /// Time an operator against a copy of the same bytes measured in the same run.
     Bench(BenchArgs),
+    /// What a3d reads from a CT file (a DeepLesion slice PNG): size, HU range, and in a
+    /// DeepLesion folder the lesions, spacing and the network input's neighbour slices.
+    Inspect {
+        /// A 16-bit DeepLesion slice (`Images_png/<series>/<n>.png`).
+        path: std::path::PathBuf,
+        /// Slices of the network input (odd).
+        #[arg(long, default_value_t = 3)]
+        depth: usize,
+        /// Write a windowed preview of the input's slices side by side to this PNG.
+        #[arg(long)]
+        png: Option<std::path::PathBuf>,
+    },
     /// Check every available backend against a float64 reference on fresh random inputs
     /// (fusion on every backend; A3DConv on the cpu, its only backend).
     Selftest {
@@ -224,6 +237,19 @@ fn main() -> ExitCode {
             }
         },
         Command::Selftest { device, seed } => run_selftest(device, seed),
+        Command::Inspect { path, depth, png } => {
+            if depth % 2 == 0 {
+                eprintln!("a3d inspect: --depth {depth}: the input needs an odd number of slices");
+                return ExitCode::from(2);
+            }
+            match inspect::run(&path, depth, png.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("a3d inspect: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

@@ -40,3 +40,75 @@ fn options_of_other_ops_and_unknown_tiers_are_refused() {
     let (code, stderr) = a3d(&["bench", "tsm", "--isa", "avx1024"]);
     assert_ne!(code, Some(0), "{stderr}");
 }
+
+/// `a3d inspect` on a DeepLesion folder a3d-ct writes: the lesion, the neighbour plan and a
+/// preview; a bad file is exit status 2 with the file named.
+#[test]
+fn inspect_reads_a_deeplesion_slice() {
+    use a3d_ct::deeplesion::{Lesion, Split};
+    use a3d_ct::write::{write_dl_info, write_hu_png};
+    let dir = std::env::temp_dir().join(format!("a3d-inspect-{}", std::process::id()));
+    let series = dir.join("Images_png/000002_01_01");
+    for i in 40..=44 {
+        write_hu_png(
+            &series.join(format!("{i:03}.png")),
+            9,
+            7,
+            &vec![i as f32 * 10.0; 63],
+        )
+        .unwrap();
+    }
+    let lesion = Lesion {
+        file_name: "000002_01_01_042.png".into(),
+        patient: 2,
+        study: 1,
+        series: 1,
+        key_slice: 42,
+        recist: [1.0, 1.0, 5.0, 5.0, 1.0, 5.0, 5.0, 1.0],
+        bbox: [1.0, 1.0, 5.0, 5.0],
+        diameters_px: [5.0, 5.0],
+        location: [0.5, 0.5, 0.5],
+        coarse_type: 2,
+        noisy: false,
+        slice_range: [40, 44],
+        spacing: [0.7, 0.7, 1.0],
+        image_size: [9, 7],
+        dicom_window: [-175.0, 275.0],
+        gender: "F".into(),
+        age: None,
+        split: Split::Test,
+    };
+    write_dl_info(&dir.join("DL_info.csv"), &[lesion]).unwrap();
+    let preview = dir.join("preview.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_a3d"))
+        .args([
+            "inspect",
+            series.join("042.png").to_str().unwrap(),
+            "--png",
+            preview.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("9 x 7 pixels") && stdout.contains("HU 420 .. 420"),
+        "{stdout}"
+    );
+    // 1 mm slices: the neighbours at 2 mm are slices 40 and 44.
+    assert!(
+        stdout.contains("1.000 x slice 40") && stdout.contains("1.000 x slice 44"),
+        "{stdout}"
+    );
+    assert!(preview.is_file());
+    std::fs::write(series.join("043.png"), b"broken").unwrap();
+    let (code, stderr) = a3d(&["inspect", series.join("043.png").to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("043.png"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,169 @@
+//! `a3d inspect <slice.png>`: what a3d reads from a DeepLesion slice (size, HU range), and when
+//! the file sits in a DeepLesion folder (`<root>/Images_png/<series>/<n>.png` with
+//! `<root>/DL_info.csv`), its lesions, spacing and the neighbours the network input mixes.
+//! `--png OUT` writes a windowed preview: the network input's D slices side by side.
+
+use a3d_ct::deeplesion::{plan, DeepLesion, KeySlice, MultiSlice, Split, WeightRule};
+use a3d_ct::network::window;
+use a3d_ct::{read_hu_png, Limits};
+use std::path::{Path, PathBuf};
+
+/// The DeepLesion root and series folder name of a slice path, when it has that layout.
+fn deeplesion_root(path: &Path) -> Option<(PathBuf, String, u32)> {
+    let index: u32 = path.file_stem()?.to_str()?.parse().ok()?;
+    let series = path.parent()?;
+    let images = series.parent()?;
+    if images.file_name()? != "Images_png" {
+        return None;
+    }
+    let root = images.parent()?.to_path_buf();
+    root.join("DL_info.csv").is_file().then(|| {
+        (
+            root,
+            series
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            index,
+        )
+    })
+}
+
+pub fn run(path: &Path, depth: usize, preview: Option<&Path>) -> Result<(), String> {
+    let limits = Limits::default();
+    let slice = read_hu_png(path, &limits).map_err(|e| e.to_string())?;
+    let (lo, hi) = slice
+        .hu
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    crate::say!(
+        "{}: 16-bit grey PNG, {} x {} pixels, HU {lo} .. {hi}",
+        path.display(),
+        slice.width,
+        slice.height
+    );
+    let key = match deeplesion_root(path) {
+        Some((root, series, index)) => {
+            let dl = DeepLesion::open(&root).map_err(|e| e.to_string())?;
+            let file_name = format!("{series}_{index:03}.png");
+            let lesions: Vec<_> = dl
+                .lesions
+                .iter()
+                .filter(|l| l.file_name == file_name)
+                .collect();
+            crate::say!(
+                "DeepLesion folder {}: {} lesions in DL_info.csv",
+                root.display(),
+                dl.lesions.len()
+            );
+            let key = match lesions.first() {
+                Some(l) => {
+                    crate::say!(
+                        "key slice {file_name}: spacing {} x {} mm, slice interval {} mm, split {:?}",
+                        l.spacing[0], l.spacing[1], l.spacing[2], l.split
+                    );
+                    for l in &lesions {
+                        crate::say!(
+                            "  lesion box (0-based) [{}, {}, {}, {}]{}",
+                            l.bbox[0],
+                            l.bbox[1],
+                            l.bbox[2],
+                            l.bbox[3],
+                            if l.noisy {
+                                "  (possibly noisy: excluded from every split)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    KeySlice {
+                        file_name: file_name.clone(),
+                        series_dir: series.clone(),
+                        key_index: index,
+                        boxes: lesions.iter().map(|l| l.bbox).collect(),
+                        lesions: Vec::new(),
+                        spacing: l.spacing,
+                        split: l.split,
+                    }
+                }
+                None => {
+                    crate::say!(
+                        "{file_name} is not a key slice in DL_info.csv (slice interval unknown)"
+                    );
+                    KeySlice {
+                        file_name,
+                        series_dir: series.clone(),
+                        key_index: index,
+                        boxes: Vec::new(),
+                        lesions: Vec::new(),
+                        spacing: [f32::NAN; 3],
+                        split: Split::Train,
+                    }
+                }
+            };
+            for (d, terms) in plan(depth, key.spacing[2] as f64, WeightRule::PerNeighbour)
+                .iter()
+                .enumerate()
+            {
+                let parts: Vec<String> = terms
+                    .iter()
+                    .map(|(o, w)| format!("{w:.3} x slice {}", index as i64 + o))
+                    .collect();
+                crate::say!("  input slice {d}: {}", parts.join(" + "));
+            }
+            Some((dl, key))
+        }
+        None => None,
+    };
+    if let Some(out) = preview {
+        let ms = match &key {
+            Some((dl, key)) => dl
+                .load(key, depth, WeightRule::PerNeighbour, &limits)
+                .map_err(|e| e.to_string())?,
+            None => MultiSlice {
+                hu: slice.hu.repeat(depth),
+                depth,
+                height: slice.height,
+                width: slice.width,
+            },
+        };
+        write_preview(out, &ms)?;
+        crate::say!(
+            "wrote {} ({} slices side by side, window [-1024, 2050] HU)",
+            out.display(),
+            ms.depth
+        );
+    }
+    Ok(())
+}
+
+/// The D slices side by side, windowed to 8-bit grey, written through a temporary file.
+fn write_preview(out: &Path, ms: &MultiSlice) -> Result<(), String> {
+    let (w, h, d) = (ms.width, ms.height, ms.depth);
+    let gap = 4;
+    let total_w = d * w + (d - 1) * gap;
+    let mut pixels = vec![0u8; total_w * h];
+    for z in 0..d {
+        for y in 0..h {
+            for x in 0..w {
+                let v = window(ms.hu[(z * h + y) * w + x]) + 50.0;
+                pixels[y * total_w + z * (w + gap) + x] = v.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    let tmp = out.with_extension("tmp");
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", out.display());
+    {
+        let file = std::fs::File::create(&tmp).map_err(|e| err(&e))?;
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), total_w as u32, h as u32);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header().map_err(|e| err(&e))?;
+        wr.write_image_data(&pixels).map_err(|e| err(&e))?;
+        wr.finish().map_err(|e| err(&e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| err(&e))
+}

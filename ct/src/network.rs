@@ -1,0 +1,241 @@
+//! The network's input from HU slices, as the reference builds it (reference-detector.md
+//! sections 1.3-1.5): windowing `[-1024, 2050]` HU to `0..255` minus 50, then the keep-ratio
+//! resize to 512 (bilinear, mmcv's `imrescale`), then zero padding to a multiple of 32.
+//! [`NetworkInput::to_network`] and [`NetworkInput::to_original`] map boxes between the two
+//! pixel grids.
+
+use crate::deeplesion::MultiSlice;
+use crate::{Error, Result};
+
+/// The windowed value of `hu`: `clip((hu + 1024) / 3074, 0, 1) * 255 - 50`.
+pub fn window(hu: f32) -> f32 {
+    ((hu + 1024.0) / 3074.0).clamp(0.0, 1.0) * 255.0 - 50.0
+}
+
+/// How the input is sized.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputConfig {
+    /// The keep-ratio target (the reference: 512): the scale is
+    /// `min(size / max(h, w), size / min(h, w))`.
+    pub size: usize,
+    /// Padded sizes are multiples of this (the reference: 32).
+    pub pad_divisor: usize,
+    /// Instead of `size`: scale so that one network pixel is this many mm (with the scan's
+    /// pixel spacing given to [`NetworkInput::build`]).
+    pub target_spacing_mm: Option<f32>,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            size: 512,
+            pad_divisor: 32,
+            target_spacing_mm: None,
+        }
+    }
+}
+
+/// The network's input: `[depth, padded_height, padded_width]` values, the resized image in the
+/// top-left `height x width`, zeros elsewhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkInput {
+    /// The values.
+    pub data: Vec<f32>,
+    /// D.
+    pub depth: usize,
+    /// Rows of the resized image.
+    pub height: usize,
+    /// Columns of the resized image.
+    pub width: usize,
+    /// Rows after padding.
+    pub padded_height: usize,
+    /// Columns after padding.
+    pub padded_width: usize,
+    /// Network pixels per original pixel.
+    pub scale: f32,
+    /// The original `(height, width)`.
+    pub original: (usize, usize),
+}
+
+impl NetworkInput {
+    /// Windows, resizes and pads `slices`. `pixel_spacing_mm` is needed only with
+    /// [`InputConfig::target_spacing_mm`].
+    pub fn build(
+        slices: &MultiSlice,
+        config: &InputConfig,
+        pixel_spacing_mm: Option<f32>,
+    ) -> Result<NetworkInput> {
+        let (h, w) = (slices.height, slices.width);
+        if h == 0 || w == 0 || config.size == 0 || config.pad_divisor == 0 {
+            return Err(Error::Argument {
+                arg: "slices",
+                problem: format!(
+                    "{h} x {w} image, size {}, pad divisor {}",
+                    config.size, config.pad_divisor
+                ),
+            });
+        }
+        let scale = match (config.target_spacing_mm, pixel_spacing_mm) {
+            (Some(t), Some(p)) if t.is_finite() && t > 0.0 && p.is_finite() && p > 0.0 => p / t,
+            (Some(t), p) => {
+                return Err(Error::Argument {
+                    arg: "target_spacing_mm",
+                    problem: format!(
+                        "{t} mm per pixel needs a finite positive scan pixel spacing, got {p:?}"
+                    ),
+                })
+            }
+            (None, _) => {
+                let s = config.size as f32;
+                (s / h.max(w) as f32).min(s / h.min(w) as f32)
+            }
+        };
+        // mmcv: int(w * s + 0.5).
+        let (nw, nh) = (
+            (w as f32 * scale + 0.5) as usize,
+            (h as f32 * scale + 0.5) as usize,
+        );
+        if nw == 0 || nh == 0 || nw > 1 << 15 || nh > 1 << 15 {
+            return Err(Error::Argument {
+                arg: "scale",
+                problem: format!("{w} x {h} scaled by {scale} is {nw} x {nh}"),
+            });
+        }
+        let d = config.pad_divisor;
+        let (ph, pw) = (nh.div_ceil(d) * d, nw.div_ceil(d) * d);
+        let mut data = vec![0.0f32; slices.depth * ph * pw];
+        let mut windowed = vec![0.0f32; h * w];
+        for z in 0..slices.depth {
+            for (o, v) in windowed
+                .iter_mut()
+                .zip(&slices.hu[z * h * w..(z + 1) * h * w])
+            {
+                *o = window(*v);
+            }
+            resize_bilinear(
+                &windowed,
+                w,
+                h,
+                &mut data[z * ph * pw..(z + 1) * ph * pw],
+                nw,
+                nh,
+                pw,
+            );
+        }
+        Ok(NetworkInput {
+            data,
+            depth: slices.depth,
+            height: nh,
+            width: nw,
+            padded_height: ph,
+            padded_width: pw,
+            scale,
+            original: (h, w),
+        })
+    }
+
+    /// A box in original pixels to network pixels (times the scale, clipped to the resized
+    /// image, as mmdetection's Resize does).
+    pub fn to_network(&self, b: [f32; 4]) -> [f32; 4] {
+        let (xm, ym) = ((self.width - 1) as f32, (self.height - 1) as f32);
+        [
+            (b[0] * self.scale).clamp(0.0, xm),
+            (b[1] * self.scale).clamp(0.0, ym),
+            (b[2] * self.scale).clamp(0.0, xm),
+            (b[3] * self.scale).clamp(0.0, ym),
+        ]
+    }
+
+    /// A box in network pixels back to original pixels.
+    pub fn to_original(&self, b: [f32; 4]) -> [f32; 4] {
+        b.map(|v| v / self.scale)
+    }
+}
+
+/// OpenCV's `INTER_LINEAR` resize (the sampling mmcv's `imrescale` uses): destination pixel `x`
+/// reads source position `(x + 0.5) * sw / dw - 0.5`, clamped to the image. Rows of `dst` are
+/// `dst_stride` apart.
+fn resize_bilinear(
+    src: &[f32],
+    sw: usize,
+    sh: usize,
+    dst: &mut [f32],
+    dw: usize,
+    dh: usize,
+    dst_stride: usize,
+) {
+    let taps = |dn: usize, sn: usize| -> Vec<(usize, usize, f32)> {
+        let ratio = sn as f32 / dn as f32;
+        (0..dn)
+            .map(|i| {
+                let pos = ((i as f32 + 0.5) * ratio - 0.5).max(0.0);
+                let lo = (pos as usize).min(sn - 1);
+                let hi = (lo + 1).min(sn - 1);
+                (lo, hi, if lo == hi { 0.0 } else { pos - lo as f32 })
+            })
+            .collect()
+    };
+    let (xs, ys) = (taps(dw, sw), taps(dh, sh));
+    for (y, &(y0, y1, fy)) in ys.iter().enumerate() {
+        let (r0, r1) = (&src[y0 * sw..(y0 + 1) * sw], &src[y1 * sw..(y1 + 1) * sw]);
+        let out = &mut dst[y * dst_stride..y * dst_stride + dw];
+        for (o, &(x0, x1, fx)) in out.iter_mut().zip(&xs) {
+            let top = r0[x0] + (r0[x1] - r0[x0]) * fx;
+            let bottom = r1[x0] + (r1[x1] - r1[x0]) * fx;
+            *o = top + (bottom - top) * fy;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_maps_the_reference_range() {
+        assert_eq!(window(-1024.0), -50.0);
+        assert_eq!(window(2050.0), 205.0);
+        assert_eq!(window(-3000.0), -50.0);
+        assert!((window(513.0) - (0.5 * 255.0 - 50.0)).abs() < 1e-4);
+    }
+
+    #[test]
+    fn resize_pad_and_box_maps() {
+        // 300 x 200 (w x h): scale = min(512/300, 512/200) = 1.7067 -> 512 x 341, padded 512 x 352.
+        let ms = MultiSlice {
+            hu: vec![0.0; 3 * 200 * 300],
+            depth: 3,
+            height: 200,
+            width: 300,
+        };
+        let n = NetworkInput::build(&ms, &InputConfig::default(), None).unwrap();
+        assert_eq!(
+            (n.width, n.height, n.padded_width, n.padded_height),
+            (512, 341, 512, 352)
+        );
+        assert_eq!(n.data.len(), 3 * 352 * 512);
+        let w = window(0.0);
+        assert!((n.data[0] - w).abs() < 1e-4 && n.data[340 * 512 + 511] - w < 1e-4);
+        assert_eq!(n.data[345 * 512], 0.0); // padding
+        let b = n.to_network([10.0, 20.0, 100.0, 150.0]);
+        assert!((b[2] - 100.0 * n.scale).abs() < 1e-3);
+        let back = n.to_original(b);
+        assert!((back[1] - 20.0).abs() < 1e-3);
+        // Target spacing: 0.8 mm pixels at 1.6 mm per network pixel halve the size.
+        let cfg = InputConfig {
+            target_spacing_mm: Some(1.6),
+            ..InputConfig::default()
+        };
+        let n = NetworkInput::build(&ms, &cfg, Some(0.8)).unwrap();
+        assert_eq!((n.width, n.height), (150, 100));
+        assert!(NetworkInput::build(&ms, &cfg, None).is_err());
+    }
+
+    #[test]
+    fn bilinear_matches_opencv_sampling() {
+        // 2 -> 4 upscale of [0, 1]: positions -0.25 (clamped 0), 0.25, 0.75, 1.25 (clamped).
+        let mut dst = vec![0.0; 4];
+        resize_bilinear(&[0.0, 1.0], 2, 1, &mut dst, 4, 1, 4);
+        assert_eq!(dst, vec![0.0, 0.25, 0.75, 1.0]);
+    }
+}

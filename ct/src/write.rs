@@ -1,0 +1,92 @@
+//! Writers for DeepLesion-format data: 16-bit slices and `DL_info.csv`, for tests, the CLI's
+//! examples and the synthetic benchmark. Files are written to a temporary name and renamed, so
+//! an interrupted write never leaves a half file under the final name.
+
+use crate::deeplesion::{Lesion, COLUMNS};
+use crate::png_slice::HU_OFFSET;
+use crate::{Error, Result};
+use std::path::Path;
+
+/// Writes `bytes` through `path.tmp` then a rename.
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
+) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut out = std::io::BufWriter::new(file);
+    write(&mut out)?;
+    let file = out
+        .into_inner()
+        .map_err(|e| Error::io(&tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// A DeepLesion slice: 16-bit grey PNG of `round(hu + 32768)` (clamped to 0..=65535).
+pub fn write_hu_png(path: &Path, width: usize, height: usize, hu: &[f32]) -> Result<()> {
+    if hu.len() != width * height || width == 0 || height == 0 {
+        return Err(Error::Argument {
+            arg: "hu",
+            problem: format!("{} values for {width} x {height}", hu.len()),
+        });
+    }
+    let bytes: Vec<u8> = hu
+        .iter()
+        .flat_map(|v| ((v + HU_OFFSET).round().clamp(0.0, 65535.0) as u16).to_be_bytes())
+        .collect();
+    write_atomic(path, |out| {
+        let mut enc = png::Encoder::new(out, width as u32, height as u32);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Sixteen);
+        let png_err = |e: png::EncodingError| Error::invalid(path, format!("PNG encoding: {e}"));
+        let mut w = enc.write_header().map_err(png_err)?;
+        w.write_image_data(&bytes).map_err(png_err)?;
+        w.finish().map_err(png_err)
+    })
+}
+
+fn join(v: &[f32]) -> String {
+    v.iter()
+        .map(|x| format!("{x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `DL_info.csv` with every column, coordinates written 1-based (the file's convention) from the
+/// 0-based values of [`Lesion`].
+pub fn write_dl_info(path: &Path, lesions: &[Lesion]) -> Result<()> {
+    write_atomic(path, |out| {
+        let mut w = csv::Writer::from_writer(out);
+        let csv_err = |e: csv::Error| Error::invalid(path, format!("CSV: {e}"));
+        w.write_record(COLUMNS).map_err(csv_err)?;
+        for l in lesions {
+            let plus = |v: &[f32]| v.iter().map(|x| x + 1.0).collect::<Vec<f32>>();
+            let record = [
+                l.file_name.clone(),
+                l.patient.to_string(),
+                l.study.to_string(),
+                l.series.to_string(),
+                l.key_slice.to_string(),
+                join(&plus(&l.recist)),
+                join(&plus(&l.bbox)),
+                join(&l.diameters_px),
+                join(&l.location),
+                l.coarse_type.to_string(),
+                u8::from(l.noisy).to_string(),
+                format!("{}, {}", l.slice_range[0], l.slice_range[1]),
+                join(&l.spacing),
+                format!("{}, {}", l.image_size[0], l.image_size[1]),
+                join(&l.dicom_window),
+                l.gender.clone(),
+                l.age.map_or_else(|| "NaN".into(), |a| a.to_string()),
+                l.split.code().to_string(),
+            ];
+            w.write_record(&record).map_err(csv_err)?;
+        }
+        w.flush().map_err(|e| Error::io(path, e))
+    })
+}
