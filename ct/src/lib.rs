@@ -16,11 +16,13 @@
 
 pub mod deeplesion;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod network;
 mod png_slice;
 mod volume;
 pub mod write;
 
 pub use error::{Error, Result};
-pub use png_slice::{read_hu_png, HuSlice};
+pub use png_slice::{read_hu_png, read_hu_png_from, HuSlice};
 pub use volume::{Limits, Volume};

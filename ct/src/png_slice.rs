@@ -22,7 +22,24 @@ pub struct HuSlice {
 /// slices are 16-bit grey: anything else would give wrong HU silently).
 pub fn read_hu_png(path: &Path, limits: &Limits) -> Result<HuSlice> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    read_hu_png_from(path, std::io::BufReader::new(file), limits)
+}
+
+/// [`read_hu_png`] from any reader (`path` names it in errors).
+pub fn read_hu_png_from(
+    path: &Path,
+    input: impl std::io::BufRead + std::io::Seek,
+    limits: &Limits,
+) -> Result<HuSlice> {
+    let mut decoder = png::Decoder::new_with_limits(
+        input,
+        png::Limits {
+            // Chunk data beyond the pixels (text, ICC profiles) is capped too.
+            bytes: (limits.max_voxels as usize)
+                .saturating_mul(2)
+                .min(isize::MAX as usize),
+        },
+    );
     // 16-bit samples as big-endian bytes, no expansion to 8 bits.
     decoder.set_transformations(png::Transformations::IDENTITY);
     let bad = |e: png::DecodingError| Error::invalid(path, format!("not a readable PNG: {e}"));
