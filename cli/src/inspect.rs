@@ -30,7 +30,57 @@ fn deeplesion_root(path: &Path) -> Option<(PathBuf, String, u32)> {
     })
 }
 
+/// `a3d inspect` of a NIfTI volume: its header's story and the volume in a3d's orientation.
+fn run_nifti(path: &Path, depth: usize, preview: Option<&Path>) -> Result<(), String> {
+    let (v, info) =
+        a3d_ct::nifti::read_nifti(path, &Limits::default()).map_err(|e| e.to_string())?;
+    let (lo, hi) = v.hu_range().unwrap_or((0.0, 0.0));
+    crate::say!(
+        "{}: NIfTI-1, stored {:?} voxels, orientation from the {}",
+        path.display(),
+        info.stored_dims,
+        info.transform
+    );
+    let names = [
+        "slices (inferior -> superior)",
+        "rows (anterior -> posterior)",
+        "columns (right -> left)",
+    ];
+    for (name, (axis, flip)) in names.iter().zip(info.axis_map) {
+        crate::say!(
+            "  {name}: stored axis {axis}{}",
+            if flip { ", flipped" } else { "" }
+        );
+    }
+    if info.obliquity_deg > 0.5 {
+        crate::say!(
+            "  oblique by {:.1} degrees: snapped to the nearest axes (no resampling)",
+            info.obliquity_deg
+        );
+    }
+    crate::say!(
+        "volume [Z, H, W] = {:?}, spacing (z, y, x) = ({:.3}, {:.3}, {:.3}) mm, HU {lo} .. {hi}, scl_slope {} scl_inter {}",
+        v.shape, v.spacing[0], v.spacing[1], v.spacing[2], info.scaling.0, info.scaling.1
+    );
+    if let Some(out) = preview {
+        let z = v.shape[0] / 2;
+        let ms = MultiSlice::from_volume(&v, z, depth, WeightRule::PerNeighbour)
+            .map_err(|e| e.to_string())?;
+        write_preview(out, &ms)?;
+        crate::say!(
+            "wrote {} (slice {z} and its {} neighbours at 2.0 mm, side by side)",
+            out.display(),
+            depth - 1
+        );
+    }
+    Ok(())
+}
+
 pub fn run(path: &Path, depth: usize, preview: Option<&Path>) -> Result<(), String> {
+    let name = path.to_string_lossy();
+    if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+        return run_nifti(path, depth, preview);
+    }
     let limits = Limits::default();
     let slice = read_hu_png(path, &limits).map_err(|e| e.to_string())?;
     let (lo, hi) = slice

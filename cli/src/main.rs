@@ -46,10 +46,11 @@ struct Cli {
 enum Command {
     /// Time an operator against a copy of the same bytes measured in the same run.
     Bench(BenchArgs),
-    /// What a3d reads from a CT file (a DeepLesion slice PNG): size, HU range, and in a
-    /// DeepLesion folder the lesions, spacing and the network input's neighbour slices.
+    /// What a3d reads from a CT file: a DeepLesion slice PNG (size, HU range, and in a
+    /// DeepLesion folder the lesions, spacing and the network input's neighbour slices) or a
+    /// NIfTI volume (orientation, spacing, scaling, HU range).
     Inspect {
-        /// A 16-bit DeepLesion slice (`Images_png/<series>/<n>.png`).
+        /// A 16-bit DeepLesion slice (`Images_png/<series>/<n>.png`) or a `.nii` / `.nii.gz`.
         path: std::path::PathBuf,
         /// Slices of the network input (odd).
         #[arg(long, default_value_t = 3)]

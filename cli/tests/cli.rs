@@ -112,3 +112,39 @@ fn inspect_reads_a_deeplesion_slice() {
     assert!(stderr.contains("043.png"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `a3d inspect` on a NIfTI volume a3d-ct writes: orientation, spacing and a preview.
+#[test]
+fn inspect_reads_a_nifti_volume() {
+    let dir = std::env::temp_dir().join(format!("a3d-inspect-nii-{}", std::process::id()));
+    let hu: Vec<f32> = (0..5 * 6 * 7).map(|i| i as f32 - 100.0).collect();
+    let v = a3d_ct::Volume::new(hu, [5, 6, 7], [1.25, 0.5, 0.5]).unwrap();
+    let path = dir.join("v.nii.gz");
+    a3d_ct::write::write_nifti(&path, &v).unwrap();
+    let preview = dir.join("p.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_a3d"))
+        .args([
+            "inspect",
+            path.to_str().unwrap(),
+            "--png",
+            preview.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[Z, H, W] = [5, 6, 7]") && stdout.contains("(1.250, 0.500, 0.500)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("HU -100 .. 109") && preview.is_file(),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

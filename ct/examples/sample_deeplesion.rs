@@ -1,9 +1,11 @@
 //! Writes a small DeepLesion-format folder (one series of 21 slices of a 96 x 80 phantom, 2.5 mm
-//! apart, with a round lesion over a few slices, and its `DL_info.csv`), for trying `a3d inspect`
-//! and the readers on data the repository can make:
+//! apart, with a round lesion over a few slices, and its `DL_info.csv`) and the same phantom as
+//! a NIfTI volume (`phantom.nii.gz`), for trying `a3d inspect` and the readers on data the
+//! repository can make:
 //!
 //!     cargo run -p a3d-ct --example sample_deeplesion -- /tmp/deeplesion
 //!     cargo run --release --bin a3d -- inspect /tmp/deeplesion/Images_png/000001_01_01/110.png --depth 7 --png /tmp/preview.png
+//!     cargo run --release --bin a3d -- inspect /tmp/deeplesion/phantom.nii.gz --png /tmp/nifti.png
 
 use a3d_ct::deeplesion::{Lesion, Split};
 use a3d_ct::write::{write_dl_info, write_hu_png};
@@ -16,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok_or("usage: sample_deeplesion OUT_DIR")?,
     );
     let (w, h) = (96usize, 80usize);
+    let mut all: Vec<f32> = Vec::new();
     for i in 100..=120i64 {
         // Body (40 HU) in air (-1000), a spine-like bright disc, a 12 px lesion (90 HU) on
         // slices 108..=112.
@@ -42,7 +45,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             h,
             &hu,
         )?;
+        all.extend(hu);
     }
+    let volume = a3d_ct::Volume::new(all, [21, h, w], [2.5, 0.8, 0.8])?;
+    a3d_ct::write::write_nifti(&root.join("phantom.nii.gz"), &volume)?;
     let lesion = Lesion {
         file_name: "000001_01_01_110.png".into(),
         patient: 1,

@@ -7,6 +7,7 @@
 //! - [`deeplesion`]: `DL_info.csv` (every column, the official split, noisy lesions excluded,
 //!   boxes and RECIST points made 0-based), the 16-bit PNG slices (HU = value - 32768), and a key
 //!   slice's neighbours at the detector's 2.0 mm spacing;
+//! - [`nifti`]: NIfTI-1 volumes (`.nii`, `.nii.gz`) reoriented to a fixed axial orientation;
 //! - [`network`]: windowing to `0..255 - 50`, the keep-ratio resize to 512, padding to a multiple
 //!   of 32, and the map of boxes between original and network pixels;
 //! - [`write`]: small DeepLesion-format folders for tests and benchmarks.
@@ -19,6 +20,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod network;
+pub mod nifti;
 mod png_slice;
 mod volume;
 pub mod write;

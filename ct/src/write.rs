@@ -90,3 +90,39 @@ pub fn write_dl_info(path: &Path, lesions: &[Lesion]) -> Result<()> {
         w.flush().map_err(|e| Error::io(path, e))
     })
 }
+
+/// A NIfTI-1 volume (`.nii` or `.nii.gz`) of `volume`'s HU as f32, with an sform placing it in
+/// a3d's orientation (columns to the patient's left, rows to posterior, slices to superior) at
+/// the volume's spacing and origin (LPS; zero when unknown), written through the `nifti` crate.
+pub fn write_nifti(path: &Path, volume: &crate::Volume) -> Result<()> {
+    let [nz, ny, nx] = volume.shape;
+    let [sz, sy, sx] = volume.spacing;
+    let o = volume.origin.unwrap_or([0.0; 3]);
+    // RAS rows of the voxel-to-world map: i (columns) runs to -x, j (rows) to -y, k to +z.
+    let header = nifti::NiftiHeader {
+        pixdim: [1.0, sx as f32, sy as f32, sz as f32, 1.0, 1.0, 1.0, 1.0],
+        qform_code: 0,
+        sform_code: 1,
+        srow_x: [-(sx as f32), 0.0, 0.0, -(o[0] as f32)],
+        srow_y: [0.0, -(sy as f32), 0.0, -(o[1] as f32)],
+        srow_z: [0.0, 0.0, sz as f32, o[2] as f32],
+        ..nifti::NiftiHeader::default()
+    };
+    let arr =
+        ndarray::Array3::from_shape_fn((nx, ny, nz), |(i, j, k)| volume.hu[(k * ny + j) * nx + i]);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    // The crate picks compression from the name: write to a temporary name with the same
+    // ending, then rename.
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("volume.nii");
+    let tmp = path.with_file_name(format!(".tmp-{name}"));
+    nifti::writer::WriterOptions::new(&tmp)
+        .reference_header(&header)
+        .write_nifti(&arr)
+        .map_err(|e| Error::invalid(&tmp, format!("NIfTI writing: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

@@ -54,6 +54,48 @@ pub struct MultiSlice {
     pub width: usize,
 }
 
+impl MultiSlice {
+    /// The `depth` slices around slice `z` of `volume` at the detector's 2.0 mm spacing (the
+    /// volume's slice interval is `spacing[0]`), by the same rule as DeepLesion key slices;
+    /// neighbours beyond the volume's ends fall back to its first or last slice.
+    pub fn from_volume(
+        volume: &crate::Volume,
+        z: usize,
+        depth: usize,
+        rule: WeightRule,
+    ) -> Result<MultiSlice> {
+        let [nz, h, w] = volume.shape;
+        if depth.is_multiple_of(2) || z >= nz {
+            return Err(Error::Argument {
+                arg: "z",
+                problem: format!(
+                    "slice {z} of {nz} with depth {depth} (odd depth, z inside the volume)"
+                ),
+            });
+        }
+        let plane = h * w;
+        let mut hu = vec![0.0f32; depth * plane];
+        for (d, terms) in plan(depth, volume.spacing[0], rule).iter().enumerate() {
+            let out = &mut hu[d * plane..(d + 1) * plane];
+            for &(offset, weight) in terms {
+                let index = (z as i64 + offset).clamp(0, nz as i64 - 1) as usize;
+                for (o, v) in out
+                    .iter_mut()
+                    .zip(&volume.hu[index * plane..(index + 1) * plane])
+                {
+                    *o += weight * v;
+                }
+            }
+        }
+        Ok(MultiSlice {
+            hu,
+            depth,
+            height: h,
+            width: w,
+        })
+    }
+}
+
 impl DeepLesion {
     /// Reads `root/DL_info.csv`.
     pub fn open(root: &Path) -> Result<DeepLesion> {

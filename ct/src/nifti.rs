@@ -1,0 +1,228 @@
+//! NIfTI-1 volumes (`.nii`, `.nii.gz`) through the `nifti` crate, reoriented to a3d's fixed
+//! axial orientation:
+//!
+//! - slices (axis 0) from inferior to superior,
+//! - rows (axis 1) from anterior to posterior (anterior at the top of an image),
+//! - columns (axis 2) from the patient's right to left (the radiological display DeepLesion's
+//!   slices and DICOM's axial images use).
+//!
+//! The orientation comes from the sform when its code is set, else from the qform, else (method
+//! 1, no orientation) the stored axes are taken as already in that orientation. Each voxel axis
+//! is mapped to the patient axis it runs closest to (permutations and flips, no resampling); an
+//! oblique volume is snapped to it and [`NiftiInfo::obliquity_deg`] says by how much. Values are
+//! scaled by `scl_slope` / `scl_inter` (the crate applies them when the slope is non-zero). The
+//! header is read and checked against [`Limits`] before the voxels are.
+
+use crate::{Error, Limits, Result, Volume};
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject, ReaderOptions};
+use std::path::Path;
+
+/// What the header said, for `a3d inspect` and callers that want to know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NiftiInfo {
+    /// `dim[1..=3]`: the stored voxel counts along the file's i, j, k axes.
+    pub stored_dims: [usize; 3],
+    /// Which transform gave the orientation: `sform`, `qform` or `none`.
+    pub transform: &'static str,
+    /// For each output axis (slices, rows, columns): the stored axis it came from and whether
+    /// it was flipped.
+    pub axis_map: [(usize, bool); 3],
+    /// The largest angle (degrees) between a stored axis and the patient axis it was mapped to.
+    pub obliquity_deg: f64,
+    /// `scl_slope`, `scl_inter`.
+    pub scaling: (f32, f32),
+}
+
+/// Reads a NIfTI-1 volume as HU in a3d's orientation.
+pub fn read_nifti(path: &Path, limits: &Limits) -> Result<(Volume, NiftiInfo)> {
+    let bad = |problem: String| Error::invalid(path, problem);
+    let header = NiftiHeader::from_file(path)
+        .map_err(|e| bad(format!("not a readable NIfTI-1 header: {e}")))?;
+    let nd = header.dim[0] as usize;
+    if !(3..=7).contains(&nd) || header.dim[4..=nd].iter().any(|&d| d > 1) {
+        return Err(bad(format!(
+            "dim = {:?}: a3d reads 3-D volumes (a 4th dimension of size 1 is allowed)",
+            &header.dim[..=nd.min(7)]
+        )));
+    }
+    let dims = [
+        header.dim[1] as usize,
+        header.dim[2] as usize,
+        header.dim[3] as usize,
+    ];
+    if dims.contains(&0) {
+        return Err(bad(format!("dim = {dims:?} has a zero")));
+    }
+    limits.check(path, dims[0] as u64, dims[1] as u64, dims[2] as u64)?;
+    let pix = [
+        header.pixdim[1] as f64,
+        header.pixdim[2] as f64,
+        header.pixdim[3] as f64,
+    ];
+    if pix.iter().any(|p| !(p.is_finite() && p.abs() > 0.0)) {
+        return Err(bad(format!(
+            "pixdim {pix:?}: voxel sizes must be finite and non-zero"
+        )));
+    }
+    if !header.scl_slope.is_finite() || !header.scl_inter.is_finite() {
+        return Err(bad(format!(
+            "scl_slope {} / scl_inter {} must be finite",
+            header.scl_slope, header.scl_inter
+        )));
+    }
+    let (affine, transform) = affine(&header, pix);
+    let (axis_map, obliquity_deg) = orient(&affine).map_err(bad)?;
+    let obj = ReaderOptions::new()
+        .read_file(path)
+        .map_err(|e| bad(format!("reading the voxels: {e}")))?;
+    let arr = obj
+        .into_volume()
+        .into_ndarray::<f32>()
+        .map_err(|e| bad(format!("converting the voxels: {e}")))?;
+    let stored = arr
+        .as_slice_memory_order()
+        .ok_or_else(|| bad("voxels not contiguous".into()))?;
+    let n = dims[0] * dims[1] * dims[2];
+    if stored.len() != n {
+        return Err(bad(format!("{} voxels for dim {dims:?}", stored.len())));
+    }
+    // Output axis a reads stored axis axis_map[a].0 (flipped when .1).
+    let out_dims = [
+        dims[axis_map[0].0],
+        dims[axis_map[1].0],
+        dims[axis_map[2].0],
+    ];
+    let strides = [1usize, dims[0], dims[0] * dims[1]];
+    let mut hu = vec![0.0f32; n];
+    let index = |a: usize, i: usize| {
+        let (s, flip) = axis_map[a];
+        let i = if flip { out_dims[a] - 1 - i } else { i };
+        i * strides[s]
+    };
+    let mut o = 0;
+    for z in 0..out_dims[0] {
+        let iz = index(0, z);
+        for y in 0..out_dims[1] {
+            let iy = iz + index(1, y);
+            for x in 0..out_dims[2] {
+                hu[o] = stored[iy + index(2, x)];
+                o += 1;
+            }
+        }
+    }
+    let spacing = [
+        column_norm(&affine, axis_map[0].0),
+        column_norm(&affine, axis_map[1].0),
+        column_norm(&affine, axis_map[2].0),
+    ];
+    let mut volume = Volume::new(hu, out_dims, spacing).map_err(|e| bad(format!("{e}")))?;
+    // Origin and directions in DICOM's patient system (LPS: x to the left, y to posterior).
+    let to_lps = |v: [f64; 3]| [-v[0], -v[1], v[2]];
+    let mut first = [affine[0][3], affine[1][3], affine[2][3]];
+    let mut direction = [[0.0; 3]; 3];
+    for (out_axis, (s, flip)) in axis_map.iter().enumerate() {
+        let col = [affine[0][*s], affine[1][*s], affine[2][*s]];
+        let norm = column_norm(&affine, *s);
+        let sign = if *flip { -1.0 } else { 1.0 };
+        if *flip {
+            for k in 0..3 {
+                first[k] += col[k] * (dims[*s] - 1) as f64;
+            }
+        }
+        // Volume::direction is (x, y, z) = (columns, rows, slices).
+        direction[2 - out_axis] = to_lps(col.map(|c| sign * c / norm));
+    }
+    volume.origin = Some(to_lps(first));
+    volume.direction = Some(direction);
+    Ok((
+        volume,
+        NiftiInfo {
+            stored_dims: dims,
+            transform,
+            axis_map,
+            obliquity_deg,
+            scaling: (header.scl_slope, header.scl_inter),
+        },
+    ))
+}
+
+fn column_norm(a: &[[f64; 4]; 3], s: usize) -> f64 {
+    (0..3).map(|r| a[r][s] * a[r][s]).sum::<f64>().sqrt()
+}
+
+/// The voxel-to-RAS affine (3 x 4) and which transform it came from.
+fn affine(h: &NiftiHeader, pix: [f64; 3]) -> ([[f64; 4]; 3], &'static str) {
+    if h.sform_code > 0 {
+        let row = |r: [f32; 4]| r.map(|v| v as f64);
+        return ([row(h.srow_x), row(h.srow_y), row(h.srow_z)], "sform");
+    }
+    if h.qform_code > 0 {
+        let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
+        let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
+        let r = [
+            [
+                a * a + b * b - c * c - d * d,
+                2.0 * (b * c - a * d),
+                2.0 * (b * d + a * c),
+            ],
+            [
+                2.0 * (b * c + a * d),
+                a * a + c * c - b * b - d * d,
+                2.0 * (c * d - a * b),
+            ],
+            [
+                2.0 * (b * d - a * c),
+                2.0 * (c * d + a * b),
+                a * a + d * d - c * c - b * b,
+            ],
+        ];
+        let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
+        let scale = [pix[0].abs(), pix[1].abs(), qfac * pix[2].abs()];
+        let off = [h.quatern_x as f64, h.quatern_y as f64, h.quatern_z as f64];
+        let m = std::array::from_fn(|i| {
+            [
+                r[i][0] * scale[0],
+                r[i][1] * scale[1],
+                r[i][2] * scale[2],
+                off[i],
+            ]
+        });
+        return (m, "qform");
+    }
+    // Method 1: no orientation. The stored axes are taken as a3d's (columns to the patient's
+    // left, rows to posterior, slices to superior), i.e. RAS (-x, -y, +z).
+    (
+        [
+            [-pix[0].abs(), 0.0, 0.0, 0.0],
+            [0.0, -pix[1].abs(), 0.0, 0.0],
+            [0.0, 0.0, pix[2].abs(), 0.0],
+        ],
+        "none",
+    )
+}
+
+/// For each output axis (slices = +z, rows = -y, columns = -x in RAS): the stored axis running
+/// closest to it and whether it runs the other way; and the largest misalignment in degrees.
+fn orient(a: &[[f64; 4]; 3]) -> std::result::Result<([(usize, bool); 3], f64), String> {
+    // Output axis -> (RAS component, the sign it must have).
+    const TARGET: [(usize, f64); 3] = [(2, 1.0), (1, -1.0), (0, -1.0)];
+    let mut map = [(usize::MAX, false); 3];
+    let mut worst: f64 = 0.0;
+    for s in 0..3 {
+        let norm = column_norm(a, s);
+        let (comp, val) = (0..3)
+            .map(|r| (r, a[r][s]))
+            .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
+            .unwrap_or((0, 0.0));
+        let out = TARGET.iter().position(|t| t.0 == comp).unwrap_or(0);
+        if map[out].0 != usize::MAX {
+            return Err(format!(
+                "stored axes {} and {s} both run along patient axis {}: the orientation matrix is degenerate",
+                map[out].0, ["x", "y", "z"][comp]
+            ));
+        }
+        map[out] = (s, val.signum() != TARGET[out].1);
+        worst = worst.max((val.abs() / norm).clamp(-1.0, 1.0).acos().to_degrees());
+    }
+    Ok((map, worst))
+}
