@@ -174,6 +174,16 @@ fn bad_volumes_are_typed_errors() {
         matches!(e, Error::Invalid { .. }) && e.to_string().contains("junk.nii"),
         "{e}"
     );
+    // A NIfTI-2 header (sizeof_hdr 540): refused, not misread.
+    let p2 = dir.path().join("nifti2.nii");
+    let mut bytes = 540i32.to_le_bytes().to_vec();
+    bytes.extend(b"n+2\0");
+    bytes.resize(600, 0);
+    std::fs::write(&p2, bytes).unwrap();
+    assert!(matches!(
+        read_nifti(&p2, &Limits::default()),
+        Err(Error::Invalid { .. })
+    ));
     // A 4-D series with 2 volumes.
     let p = dir.path().join("4d.nii");
     let arr = ndarray::Array4::<f32>::zeros((2, 2, 2, 2));
