@@ -2,6 +2,7 @@
 //!
 //!     cargo run --release -p a3d-ct --example fuzz -- png 1000000 [minutes]
 //!     cargo run --release -p a3d-ct --example fuzz -- csv 1000000 [minutes]
+//!     cargo run --release -p a3d-ct --example fuzz -- nifti 1000000 [minutes]
 //!
 //! Prints the executions, accepted inputs and panics; exits 1 on any panic.
 
@@ -12,8 +13,9 @@ fn main() {
     let target = match args.next().as_deref() {
         Some("png") => Target::PngSlice,
         Some("csv") => Target::DlInfoCsv,
+        Some("nifti") => Target::Nifti,
         _ => {
-            eprintln!("usage: fuzz png|csv EXECS [MINUTES]");
+            eprintln!("usage: fuzz png|csv|nifti EXECS [MINUTES]");
             std::process::exit(2);
         }
     };

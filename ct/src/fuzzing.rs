@@ -15,6 +15,9 @@ pub enum Target {
     PngSlice,
     /// [`crate::deeplesion::read_dl_info_from`].
     DlInfoCsv,
+    /// [`crate::nifti::read_nifti`] (through a temporary `.nii` file: the `nifti` crate reads
+    /// paths).
+    Nifti,
 }
 
 impl Target {
@@ -23,6 +26,7 @@ impl Target {
         match self {
             Target::PngSlice => "png",
             Target::DlInfoCsv => "csv",
+            Target::Nifti => "nifti",
         }
     }
 
@@ -39,6 +43,15 @@ impl Target {
                 crate::read_hu_png_from(label, std::io::Cursor::new(bytes), &limits).is_ok()
             }
             Target::DlInfoCsv => crate::deeplesion::read_dl_info_from(label, bytes).is_ok(),
+            Target::Nifti => {
+                let path = std::env::temp_dir().join(format!(
+                    "a3d-ct-fuzz-{}-{:?}.nii",
+                    std::process::id(),
+                    std::thread::current().id()
+                ));
+                std::fs::write(&path, bytes).is_ok()
+                    && crate::nifti::read_nifti(&path, &limits).is_ok()
+            }
         }
     }
 }
@@ -131,6 +144,16 @@ pub fn seeds(target: Target, corpus: Option<&Path>) -> Result<Vec<Vec<u8>>> {
                 let p = dir.join(format!("{w}x{h}.png"));
                 let hu: Vec<f32> = (0..w * h).map(|i| i as f32 * 37.0 - 1000.0).collect();
                 crate::write::write_hu_png(&p, w, h, &hu)?;
+                out.push(std::fs::read(&p).map_err(|e| crate::Error::io(&p, e))?);
+            }
+        }
+        Target::Nifti => {
+            for (i, shape) in [[2usize, 3, 4], [1, 1, 1], [3, 2, 5]].iter().enumerate() {
+                let n: usize = shape.iter().product();
+                let hu: Vec<f32> = (0..n).map(|v| v as f32 * 11.0 - 300.0).collect();
+                let v = crate::Volume::new(hu, *shape, [1.5, 0.5, 0.7])?;
+                let p = dir.join(format!("seed{i}.nii"));
+                crate::write::write_nifti(&p, &v)?;
                 out.push(std::fs::read(&p).map_err(|e| crate::Error::io(&p, e))?);
             }
         }

@@ -64,6 +64,36 @@ pub fn read_nifti(path: &Path, limits: &Limits) -> Result<(Volume, NiftiInfo)> {
             "pixdim {pix:?}: voxel sizes must be finite and non-zero"
         )));
     }
+    // The voxel type: scalar only, and bitpix consistent with it (the crate sizes the read by
+    // bitpix and converts by datatype; a mismatch would otherwise reach an assertion inside it).
+    use nifti::NiftiType as T;
+    let datatype = header
+        .data_type()
+        .map_err(|e| bad(format!("datatype {}: {e}", header.datatype)))?;
+    if !matches!(
+        datatype,
+        T::Uint8
+            | T::Int8
+            | T::Uint16
+            | T::Int16
+            | T::Uint32
+            | T::Int32
+            | T::Uint64
+            | T::Int64
+            | T::Float32
+            | T::Float64
+    ) {
+        return Err(bad(format!(
+            "datatype {datatype:?}: a CT volume needs scalar voxels"
+        )));
+    }
+    if header.bitpix as usize != 8 * datatype.size_of() {
+        return Err(bad(format!(
+            "bitpix {} does not match datatype {datatype:?} ({} bits)",
+            header.bitpix,
+            8 * datatype.size_of()
+        )));
+    }
     if !header.scl_slope.is_finite() || !header.scl_inter.is_finite() {
         return Err(bad(format!(
             "scl_slope {} / scl_inter {} must be finite",
@@ -75,10 +105,20 @@ pub fn read_nifti(path: &Path, limits: &Limits) -> Result<(Volume, NiftiInfo)> {
     let obj = ReaderOptions::new()
         .read_file(path)
         .map_err(|e| bad(format!("reading the voxels: {e}")))?;
-    let arr = obj
-        .into_volume()
-        .into_ndarray::<f32>()
-        .map_err(|e| bad(format!("converting the voxels: {e}")))?;
+    let volume = obj.into_volume();
+    let expected_bytes = dims.iter().product::<usize>() * datatype.size_of();
+    if volume.raw_data().len() != expected_bytes {
+        return Err(bad(format!(
+            "{} bytes of voxels, the header's dims and datatype need {expected_bytes}",
+            volume.raw_data().len()
+        )));
+    }
+    // Defence in depth: a panic inside the third-party conversion becomes this file's error.
+    let arr = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        volume.into_ndarray::<f32>()
+    }))
+    .map_err(|_| bad("the nifti crate failed to convert the voxels".into()))?
+    .map_err(|e| bad(format!("converting the voxels: {e}")))?;
     let stored = arr
         .as_slice_memory_order()
         .ok_or_else(|| bad("voxels not contiguous".into()))?;
