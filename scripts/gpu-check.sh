@@ -6,7 +6,8 @@
 #
 # prepare: installs the pinned nvcc (scripts/install-cuda-toolchain.sh), builds the CLI
 #   (`a3d-cli`, feature cuda) and the test executables of `a3d` (feature cuda) in release mode,
-#   copies them to gpu-check/bin/{a3d,test-<target>} (test-a3d = the library's unit tests; only
+#   copies them to gpu-check/bin/{a3d,test-<target>}, packed as gpu-check/bin.tar.gz for travel
+#   (test-a3d = the library's unit tests; only
 #   the targets that run kernels on the GPU: a3d, cuda, fusion, shift, depthconv, torch_parity,
 #   boxes, roi_align, detection_parity, batchnorm),
 #   strips them, writes gpu-check/build-info.txt, checks the size that travels, and prints the
@@ -73,7 +74,7 @@ for p in m["packages"]:
   fi
   grep -Eq '^a3d( .*)? cuda( |$)' <<<"$features" || die "package a3d has no \`cuda\` feature"
 
-  rm -rf "$BIN"
+  rm -rf "$BIN" "$CHECK_DIR/bin.tar.gz"
   mkdir -p "$BIN"
   local json=$CHECK_DIR/cargo-messages.jsonl
 
@@ -173,6 +174,13 @@ PY
     echo "needs ${glibc:-GLIBC ?}; shared libraries: ${needed:-?}"
   } >"$CHECK_DIR/build-info.txt"
 
+  # The binaries travel gzipped (each embeds every fatbin; raw they outgrew the 64 MiB the device
+  # tool carries); `run` unpacks them with python3's tarfile.
+  echo
+  ls -l "$BIN"
+  tar -C "$CHECK_DIR" -czf "$CHECK_DIR/bin.tar.gz" bin || die "packing $BIN failed"
+  rm -rf "$BIN"
+
   # Size that travels: tracked + untracked-not-ignored files (+ shared/ inside the repo) + carry.
   local carry_bytes tree_bytes total
   carry_bytes=$(du -sb "$CHECK_DIR" | cut -f1)
@@ -185,8 +193,7 @@ if os.path.isdir("shared"):
         total += sum(os.lstat(os.path.join(d, f)).st_size for f in fs)
 print(total)')
   total=$((carry_bytes + tree_bytes))
-  echo
-  ls -l "$BIN"
+  ls -l "$CHECK_DIR/bin.tar.gz"
   awk -v c="$carry_bytes" -v t="$tree_bytes" 'BEGIN { m = 1048576
     printf "gpu-check/: %.1f MiB; working tree that travels: %.1f MiB; total %.1f MiB of 64 MiB\n", c / m, t / m, (c + t) / m }'
   cat "$CHECK_DIR/build-info.txt"
@@ -364,6 +371,12 @@ run_check() {
   export RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
 
   log "a3d GPU check in $repo, results to $OUTDIR, time budget ${BUDGET}s"
+  if [ ! -d "$BIN" ] && [ -f "$CHECK_DIR/bin.tar.gz" ]; then
+    # Unpacked outside the carried folder (it may be read-only), with python3 (no tar needed).
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$CHECK_DIR/bin.tar.gz" "$WORK" && BIN=$WORK/bin
+    log "unpacked $CHECK_DIR/bin.tar.gz into $BIN"
+  fi
   if [ ! -x "$BIN/a3d" ] && [ ! -f "$BIN/a3d" ]; then
     log "$BIN/ is missing: run 'scripts/gpu-check.sh prepare' first and carry [\"gpu-check\"]"
     record prepare test missing "-" 0 "-" "scripts/gpu-check.sh prepare (not carried?)"
