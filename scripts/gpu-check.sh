@@ -19,7 +19,9 @@
 #   --device cuda` (JSON lines); bench/gpu/torch_peer.py (PyTorch einsum peer),
 #   bench/torch_context_ops.py (the symmetric operators in PyTorch) and bench/torch_detection.py
 #   (torchvision's roi_align and nms); compute-sanitizer memcheck (all of test-cuda)
-#   and racecheck (tests named *sanitizer*); the other test-* binaries; then
+#   and racecheck (tests named *sanitizer*), memcheck of the op tests and racecheck of the
+#   shared-memory kernels (depth conv, batch-norm statistics, NMS mask); the other test-*
+#   binaries; then
 #   bench/gpu/make_report.py. A failing step is recorded and the run goes on. OUTDIR gets at most
 #   5 files (the device tool returns 8): gpu-report.md, summary.json, a3d-bench.jsonl,
 #   torch-peer.jsonl, logs.tar.gz (every log and raw output).
@@ -456,10 +458,13 @@ run_check() {
         step "memcheck-$t" sanitizer 45 "memcheck-$t.log" "memcheck-$t.log" \
           "$cs" --tool memcheck --error-exitcode 86 --print-limit 50 "$BIN/test-$t" --test-threads=1 every_backend
       done
-      if [ -f "$BIN/test-depthconv" ]; then
-        step racecheck-depthconv sanitizer 45 racecheck-depthconv.log racecheck-depthconv.log \
-          "$cs" --tool racecheck --error-exitcode 86 --print-limit 50 "$BIN/test-depthconv" --test-threads=1 every_backend
-      fi
+      # Racecheck of the kernels that share memory between threads: the depth convolution's
+      # and the batch-norm statistics' reduction trees, the NMS mask's staged column tile.
+      for t in depthconv batchnorm boxes; do
+        [ -f "$BIN/test-$t" ] || continue
+        step "racecheck-$t" sanitizer 45 "racecheck-$t.log" "racecheck-$t.log" \
+          "$cs" --tool racecheck --error-exitcode 86 --print-limit 50 "$BIN/test-$t" --test-threads=1 every_backend
+      done
     else
       log "compute-sanitizer not found"
       record memcheck sanitizer missing "-" 0 "-" "compute-sanitizer (not found on PATH or under /usr/local/cuda*)"

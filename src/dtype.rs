@@ -115,6 +115,20 @@ pub trait Element: sealed::Sealed + Copy + Send + Sync + PartialEq + fmt::Debug 
     fn f32_as_self(s: &[f32]) -> Option<&[Self]>;
 }
 
+/// `src` as f32 values: the slice itself for f32 storage, else widened into `buf` (reused
+/// across calls by the kernels that stage one row or plane at a time).
+#[inline]
+pub(crate) fn f32_values<'a, T: Element>(src: &'a [T], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match T::as_f32(src) {
+        Some(s) => s,
+        None => {
+            buf.resize(src.len(), 0.0);
+            T::load_f32(src, buf);
+            buf
+        }
+    }
+}
+
 impl Element for f32 {
     const DTYPE: DType = DType::F32;
     #[inline(always)]

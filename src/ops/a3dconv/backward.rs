@@ -184,8 +184,10 @@ fn unstage_block(
     for c in 0..cn {
         let x_row = |e: usize| &x[base + (c * dn + e) * plane + px.start..][..n];
         let affine = prologue.map(|a| (a.scale[c], a.shift[c]));
-        // The fusion's input: x, or the prologue's output.
-        if let Some((s, t)) = affine {
+        // The fusion's input (x, or the prologue's output) is read only by the fusion weights'
+        // sums: the prologue's output is recomputed only when those are wanted.
+        let want_dfw = fw.is_some() && sums.fusion.is_some();
+        if let (Some((s, t)), true) = (affine, want_dfw) {
             for e in 0..dn {
                 for (o, v) in act[e * n..(e + 1) * n].iter_mut().zip(x_row(e)) {
                     *o = (v * s + t).max(0.0);

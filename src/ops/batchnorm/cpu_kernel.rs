@@ -3,6 +3,7 @@
 //! the same bits for any thread count.
 
 use super::Affine;
+use crate::dtype::f32_values;
 use crate::Element;
 use rayon::prelude::*;
 
@@ -23,23 +24,11 @@ fn items(
     })
 }
 
-/// Widened values of `src` (borrowed for f32).
-fn widened<'a, T: Element>(src: &'a [T], buf: &'a mut Vec<f32>) -> &'a [f32] {
-    match T::as_f32(src) {
-        Some(s) => s,
-        None => {
-            buf.resize(src.len(), 0.0);
-            T::load_f32(src, buf);
-            buf
-        }
-    }
-}
-
 /// Per-channel sum and sum of squares in float64.
 pub(crate) fn sums<T: Element>(x: &[T], b: usize, c: usize, rest: usize) -> (Vec<f64>, Vec<f64>) {
     let partials: Vec<(usize, f64, f64)> = items(b, c, rest)
         .map_init(Vec::new, |buf, (plane, start, n)| {
-            let v = widened(&x[plane * rest + start..][..n], buf);
+            let v = f32_values(&x[plane * rest + start..][..n], buf);
             // Eight f64 lanes: vectorisable, and a fixed order.
             let (mut s, mut q) = ([0.0f64; 8], [0.0f64; 8]);
             for chunk in v.chunks(8) {
@@ -79,7 +68,7 @@ pub(crate) fn forward<T: Element>(
             |(buf, out): &mut (Vec<f32>, Vec<f32>), (plane, (dst, src))| {
                 let (s, t) = (a.scale[plane % c], a.shift[plane % c]);
                 for (d, v) in dst.chunks_mut(CHUNK).zip(src.chunks(CHUNK)) {
-                    let v = widened(v, buf);
+                    let v = f32_values(v, buf);
                     out.clear();
                     out.extend(v.iter().map(|&x| (x * s + t).max(0.0)));
                     T::store_f32(out, d);
@@ -116,7 +105,7 @@ pub(crate) fn backward<T: Element>(
                 .zip(xs.chunks(CHUNK))
                 .zip(gs.chunks(CHUNK))
             {
-                let (xv, gv) = (widened(xv, &mut xb), widened(gv, &mut gb));
+                let (xv, gv) = (f32_values(xv, &mut xb), f32_values(gv, &mut gb));
                 let (mut ls, mut lt) = ([0.0f32; 16], [0.0f32; 16]);
                 let mut g: Vec<f32> = Vec::with_capacity(xv.len());
                 for (xc, gc) in xv.chunks(16).zip(gv.chunks(16)) {
@@ -163,8 +152,8 @@ pub(crate) fn masked_sums<T: Element>(
             |(xb, gb), (plane, start, n)| {
                 let ch = plane % c;
                 let (s, t) = (a.scale[ch], a.shift[ch]);
-                let xv = widened(&x[plane * rest + start..][..n], xb);
-                let gv = widened(&dy[plane * rest + start..][..n], gb);
+                let xv = f32_values(&x[plane * rest + start..][..n], xb);
+                let gv = f32_values(&dy[plane * rest + start..][..n], gb);
                 // 16 f32 lanes per chunk (a select for the mask: no branch), added in f64.
                 let (mut ls, mut lt) = ([0.0f32; 16], [0.0f32; 16]);
                 for (xc, gc) in xv.chunks(16).zip(gv.chunks(16)) {
@@ -215,7 +204,7 @@ pub(crate) fn train_input_grad<T: Element>(
                 .zip(xs.chunks(CHUNK))
                 .zip(gs.chunks(CHUNK))
             {
-                let (xv, gv) = (widened(xv, xb), widened(gv, gb));
+                let (xv, gv) = (f32_values(xv, xb), f32_values(gv, gb));
                 out.clear();
                 out.extend(xv.iter().zip(gv).map(|(&xe, &ge)| {
                     let m = if xe * s + t > 0.0 { ge } else { 0.0 };
@@ -246,7 +235,7 @@ pub(crate) fn add_affine_of<T: Element>(
             let (pc, qc) = (p[ch], q[ch]);
             let xs = &x[plane * rest..][..rest];
             for (d, xv) in dst.chunks_mut(CHUNK).zip(xs.chunks(CHUNK)) {
-                let xv = widened(xv, xb);
+                let xv = f32_values(xv, xb);
                 gb.resize(d.len(), 0.0);
                 T::load_f32(d, gb);
                 for (g, &xe) in gb.iter_mut().zip(xv) {

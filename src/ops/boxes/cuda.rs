@@ -15,10 +15,6 @@ use cudarc::driver::{DeviceRepr, PushKernelArg};
 // as the C struct the kernels take by value (bindgen's layout assertions check it).
 unsafe impl DeviceRepr for A3dBoxParams {}
 
-fn flat(boxes: &[[f32; 4]]) -> Vec<f32> {
-    boxes.iter().flatten().copied().collect()
-}
-
 /// `IoU(a[i], b[j])` at `[i * b.len() + j]`, as [`super::iou_matrix`].
 pub fn iou_matrix(
     device: &CudaDevice,
@@ -32,8 +28,12 @@ pub fn iou_matrix(
         return Ok(Vec::new());
     }
     let stream = device.stream();
-    let ad = stream.clone_htod(&flat(a)).map_err(driver_error)?;
-    let bd = stream.clone_htod(&flat(b)).map_err(driver_error)?;
+    let ad = stream
+        .clone_htod(&launch::boxes_flat(a))
+        .map_err(driver_error)?;
+    let bd = stream
+        .clone_htod(&launch::boxes_flat(b))
+        .map_err(driver_error)?;
     let mut out = stream
         .clone_htod(&vec![f32::NAN; a.len() * b.len()])
         .map_err(driver_error)?;
@@ -61,7 +61,9 @@ pub fn nms(
     }
     let sorted: Vec<[f32; 4]> = order.iter().map(|&i| boxes[i]).collect();
     let stream = device.stream();
-    let bd = stream.clone_htod(&flat(&sorted)).map_err(driver_error)?;
+    let bd = stream
+        .clone_htod(&launch::boxes_flat(&sorted))
+        .map_err(driver_error)?;
     let words = launch::mask_words(n);
     let mut mask = stream
         .clone_htod(&vec![u64::MAX; n * words])

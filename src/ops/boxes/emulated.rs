@@ -7,10 +7,6 @@ use crate::backend::BoxBackend;
 use crate::emulation::arg;
 use crate::Result;
 
-fn flat(boxes: &[[f32; 4]]) -> Vec<f32> {
-    boxes.iter().flatten().copied().collect()
-}
-
 impl BoxBackend for Emulated {
     fn iou_matrix(
         &self,
@@ -25,8 +21,8 @@ impl BoxBackend for Emulated {
         }
         let off = self.offset();
         let (ab, bb) = (
-            Buffer::from_slice(&flat(a), off),
-            Buffer::from_slice(&flat(b), off),
+            Buffer::from_slice(&launch::boxes_flat(a), off),
+            Buffer::from_slice(&launch::boxes_flat(b), off),
         );
         let mut out = Buffer::<f32>::poisoned(a.len() * b.len(), off);
         let (mut pa, mut pb, mut po) = (ab.ptr(), bb.ptr(), out.ptr_mut());
@@ -46,7 +42,7 @@ impl BoxBackend for Emulated {
         }
         let sorted: Vec<[f32; 4]> = order.iter().map(|&i| boxes[i]).collect();
         let off = self.offset();
-        let bb = Buffer::from_slice(&flat(&sorted), off);
+        let bb = Buffer::from_slice(&launch::boxes_flat(&sorted), off);
         let words = launch::mask_words(n);
         // NaN bit patterns: a word the kernel forgets is all ones, which suppresses everything
         // after it and fails the comparison with the CPU.

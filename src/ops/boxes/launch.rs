@@ -4,6 +4,11 @@
 use crate::kernel_params::{A3dBoxParams, A3D_IOU_BLOCK, A3D_NMS_TILE};
 use crate::ops::common::{KernelLaunch, MAX_GRID_YZ};
 
+/// Boxes as the kernels take them: `[n, 4]` floats.
+pub(crate) fn boxes_flat(boxes: &[[f32; 4]]) -> Vec<f32> {
+    boxes.iter().flatten().copied().collect()
+}
+
 /// Most blocks of the IoU-matrix grid (a grid-stride loop covers the rest).
 const MAX_IOU_BLOCKS: u64 = 4096;
 

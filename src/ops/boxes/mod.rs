@@ -141,9 +141,8 @@ impl Nms {
         }
     }
 
-    /// Checks the settings and the inputs; returns the indices of `scores` in descending score
-    /// order (ties in input order), cut to `pre_top_k`.
-    pub(crate) fn order(&self, boxes: &[[f32; 4]], scores: &[f32]) -> Result<Vec<usize>> {
+    /// Checks the settings and the inputs.
+    fn check(&self, boxes: &[[f32; 4]], scores: &[f32]) -> Result<()> {
         check_threshold("iou_threshold", self.iou_threshold)?;
         if boxes.len() != scores.len() {
             return Err(Error::InvalidArgument {
@@ -157,22 +156,39 @@ impl Nms {
                 message: format!("score {i} is NaN"),
             });
         }
-        check_boxes("boxes", boxes, self.convention)?;
+        check_boxes("boxes", boxes, self.convention)
+    }
+
+    /// The indices of `scores` in descending score order (ties in input order), cut to
+    /// `pre_top_k`; the inputs are checked first. (The GPU paths sort on the host.)
+    #[cfg_attr(not(any(feature = "cuda", feature = "emulation")), allow(dead_code))]
+    pub(crate) fn order(&self, boxes: &[[f32; 4]], scores: &[f32]) -> Result<Vec<usize>> {
+        self.check(boxes, scores)?;
+        Ok(self.sorted(scores))
+    }
+
+    fn sorted(&self, scores: &[f32]) -> Vec<usize> {
         let mut order: Vec<usize> = (0..scores.len()).collect();
         order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
         if let Some(k) = self.pre_top_k {
             order.truncate(k);
         }
-        Ok(order)
+        order
+    }
+
+    /// Greedy NMS of checked inputs.
+    fn run_checked(&self, boxes: &[[f32; 4]], scores: &[f32]) -> Vec<usize> {
+        let order = self.sorted(scores);
+        let sorted: Vec<[f32; 4]> = order.iter().map(|&i| boxes[i]).collect();
+        let kept = cpu_kernel::nms_sorted(&sorted, self);
+        kept.into_iter().map(|k| order[k]).collect()
     }
 
     /// The kept boxes' indices into `boxes`, highest score first. An empty input gives an empty
     /// result.
     pub fn run(&self, boxes: &[[f32; 4]], scores: &[f32]) -> Result<Vec<usize>> {
-        let order = self.order(boxes, scores)?;
-        let sorted: Vec<[f32; 4]> = order.iter().map(|&i| boxes[i]).collect();
-        let kept = cpu_kernel::nms_sorted(&sorted, self);
-        Ok(kept.into_iter().map(|k| order[k]).collect())
+        self.check(boxes, scores)?;
+        Ok(self.run_checked(boxes, scores))
     }
 
     /// NMS within each group (image or class) independently: `groups[i]` is box `i`'s group;
@@ -191,12 +207,8 @@ impl Nms {
                 message: format!("{} group ids for {} boxes", groups.len(), boxes.len()),
             });
         }
-        // Validates everything once for the whole batch.
-        Nms {
-            pre_top_k: None,
-            ..*self
-        }
-        .order(boxes, scores)?;
+        // Validated once for the whole batch; each group is then only sorted and suppressed.
+        self.check(boxes, scores)?;
         let mut members: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
         for (i, &g) in groups.iter().enumerate() {
             members.entry(g).or_default().push(i);
@@ -209,10 +221,10 @@ impl Nms {
             .map(|idx| {
                 let b: Vec<[f32; 4]> = idx.iter().map(|&i| boxes[i]).collect();
                 let s: Vec<f32> = idx.iter().map(|&i| scores[i]).collect();
-                self.run(&b, &s)
-                    .map(|kept| kept.into_iter().map(|k| idx[k]).collect())
+                let kept = self.run_checked(&b, &s);
+                kept.into_iter().map(|k| idx[k]).collect()
             })
-            .collect::<Result<_>>()?;
+            .collect();
         let mut all: Vec<usize> = lists.into_iter().flatten().collect();
         all.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]).then(i.cmp(&j)));
         Ok(all)

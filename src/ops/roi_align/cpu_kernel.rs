@@ -5,6 +5,7 @@
 
 use super::{RoiAlign, RoiAlignMode, RoiDims};
 use crate::cpu::tier::SharedOut;
+use crate::dtype::f32_values;
 use crate::{Element, Result};
 use rayon::prelude::*;
 
@@ -158,18 +159,6 @@ impl Tables {
     }
 }
 
-/// The f32 values of one feature plane: the storage itself for f32, else widened into `buf`.
-fn plane_f32<'a, T: Element>(src: &'a [T], buf: &'a mut Vec<f32>) -> &'a [f32] {
-    match T::as_f32(src) {
-        Some(s) => s,
-        None => {
-            buf.resize(src.len(), 0.0);
-            T::load_f32(src, buf);
-            buf
-        }
-    }
-}
-
 // Both passes go plane by plane (one feature plane, every RoI of its image): the plane stays in
 // cache while its RoIs read (or write) it, where RoI by RoI every RoI would stream all C planes.
 
@@ -193,7 +182,7 @@ pub(crate) fn forward<T: Element>(
         .into_par_iter()
         .for_each_init(Vec::new, |buf: &mut Vec<f32>, nc| {
             let (n, c) = (nc / c_all, nc % c_all);
-            let src = plane_f32(&features[nc * plane..][..plane], buf);
+            let src = f32_values(&features[nc * plane..][..plane], buf);
             for &k in &t.of_image[n] {
                 let (g, table) = &t.samples[k];
                 let per_bin = g.grid_h * g.grid_w;
