@@ -1,6 +1,7 @@
 //! `a3d inspect <slice.png>`: what a3d reads from a DeepLesion slice (size, HU range), and when
 //! the file sits in a DeepLesion folder (`<root>/Images_png/<series>/<n>.png` with
 //! `<root>/DL_info.csv`), its lesions, spacing and the neighbours the network input mixes.
+//! NIfTI volumes and DICOM series (`inspect_dicom`) are described in a3d's orientation.
 //! `--png OUT` writes a windowed preview: the network input's D slices side by side.
 
 use a3d_ct::deeplesion::{plan, DeepLesion, KeySlice, MultiSlice, Split, WeightRule};
@@ -30,6 +31,13 @@ fn deeplesion_root(path: &Path) -> Option<(PathBuf, String, u32)> {
     })
 }
 
+/// a3d's output axes, as `inspect` names them.
+pub const AXIS_NAMES: [&str; 3] = [
+    "slices (inferior -> superior)",
+    "rows (anterior -> posterior)",
+    "columns (right -> left)",
+];
+
 /// `a3d inspect` of a NIfTI volume: its header's story and the volume in a3d's orientation.
 fn run_nifti(path: &Path, depth: usize, preview: Option<&Path>) -> Result<(), String> {
     let (v, info) =
@@ -41,12 +49,7 @@ fn run_nifti(path: &Path, depth: usize, preview: Option<&Path>) -> Result<(), St
         info.stored_dims,
         info.transform
     );
-    let names = [
-        "slices (inferior -> superior)",
-        "rows (anterior -> posterior)",
-        "columns (right -> left)",
-    ];
-    for (name, (axis, flip)) in names.iter().zip(info.axis_map) {
+    for (name, (axis, flip)) in AXIS_NAMES.iter().zip(info.axis_map) {
         crate::say!(
             "  {name}: stored axis {axis}{}",
             if flip { ", flipped" } else { "" }
@@ -76,10 +79,18 @@ fn run_nifti(path: &Path, depth: usize, preview: Option<&Path>) -> Result<(), St
     Ok(())
 }
 
-pub fn run(path: &Path, depth: usize, preview: Option<&Path>) -> Result<(), String> {
+pub fn run(
+    path: &Path,
+    series: Option<&str>,
+    depth: usize,
+    preview: Option<&Path>,
+) -> Result<(), String> {
     let name = path.to_string_lossy();
     if name.ends_with(".nii") || name.ends_with(".nii.gz") {
         return run_nifti(path, depth, preview);
+    }
+    if crate::inspect_dicom::is_dicom(path) {
+        return crate::inspect_dicom::run(path, series, depth, preview);
     }
     let limits = Limits::default();
     let slice = read_hu_png(path, &limits).map_err(|e| e.to_string())?;
@@ -191,7 +202,7 @@ pub fn run(path: &Path, depth: usize, preview: Option<&Path>) -> Result<(), Stri
 }
 
 /// The D slices side by side, windowed to 8-bit grey, written through a temporary file.
-fn write_preview(out: &Path, ms: &MultiSlice) -> Result<(), String> {
+pub fn write_preview(out: &Path, ms: &MultiSlice) -> Result<(), String> {
     let (w, h, d) = (ms.width, ms.height, ms.depth);
     let gap = 4;
     let total_w = d * w + (d - 1) * gap;

@@ -13,6 +13,7 @@ mod bench_context;
 mod bench_dense_layer;
 mod bench_detection;
 mod inspect;
+mod inspect_dicom;
 
 /// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
 macro_rules! say {
@@ -50,8 +51,12 @@ enum Command {
     /// DeepLesion folder the lesions, spacing and the network input's neighbour slices) or a
     /// NIfTI volume (orientation, spacing, scaling, HU range).
     Inspect {
-        /// A 16-bit DeepLesion slice (`Images_png/<series>/<n>.png`) or a `.nii` / `.nii.gz`.
+        /// A 16-bit DeepLesion slice (`Images_png/<series>/<n>.png`), a `.nii` / `.nii.gz`, or a
+        /// DICOM folder (searched recursively) or file.
         path: std::path::PathBuf,
+        /// The SeriesInstanceUID to read from a DICOM folder holding several CT series.
+        #[arg(long)]
+        series: Option<String>,
         /// Slices of the network input (odd).
         #[arg(long, default_value_t = 3)]
         depth: usize,
@@ -238,12 +243,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Selftest { device, seed } => run_selftest(device, seed),
-        Command::Inspect { path, depth, png } => {
+        Command::Inspect {
+            path,
+            series,
+            depth,
+            png,
+        } => {
             if depth % 2 == 0 {
                 eprintln!("a3d inspect: --depth {depth}: the input needs an odd number of slices");
                 return ExitCode::from(2);
             }
-            match inspect::run(&path, depth, png.as_deref()) {
+            match inspect::run(&path, series.as_deref(), depth, png.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("a3d inspect: {e}");

@@ -148,3 +148,64 @@ fn inspect_reads_a_nifti_volume() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `a3d inspect` on DICOM folders a3d-ct writes: a series with a missing slice (the gap is
+/// reported), and a folder of two series (listed, then chosen with `--series`).
+#[test]
+fn inspect_reads_dicom_folders() {
+    use a3d_ct::write::{write_dicom_series, DicomWriteOptions};
+    let dir = std::env::temp_dir().join(format!("a3d-inspect-dcm-{}", std::process::id()));
+    let hu: Vec<f32> = (0..6 * 10 * 12).map(|i| (i % 700) as f32 - 200.0).collect();
+    let v = a3d_ct::Volume::new(hu, [6, 10, 12], [2.5, 0.7, 0.7]).unwrap();
+    let a = DicomWriteOptions {
+        series_uid: "1.2.3.1".into(),
+        ..DicomWriteOptions::default()
+    };
+    write_dicom_series(&dir.join("a"), &v, &a).unwrap();
+    std::fs::remove_file(dir.join("a/slice_0002.dcm")).unwrap();
+    let preview = dir.join("p.png");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_a3d"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let folder_a = dir.join("a");
+    let (code, stdout, stderr) = run(&[
+        "inspect",
+        folder_a.to_str().unwrap(),
+        "--png",
+        preview.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(stdout.contains("[Z, H, W] = [5, 10, 12]"), "{stdout}");
+    assert!(
+        stdout.contains("5.000 mm between slices 1 and 2"),
+        "{stdout}"
+    );
+    assert!(preview.is_file());
+    let b = DicomWriteOptions {
+        series_uid: "1.2.3.2".into(),
+        multi_frame: true,
+        ..DicomWriteOptions::default()
+    };
+    write_dicom_series(&dir.join("b"), &v, &b).unwrap();
+    let (code, _, stderr) = run(&["inspect", dir.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("2 CT series") && stderr.contains("1.2.3.2"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run(&["inspect", dir.to_str().unwrap(), "--series", "1.2.3.2"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("[Z, H, W] = [6, 10, 12]") && stdout.contains("also in the folder"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,7 +4,10 @@
 //!     cargo run --release -p a3d-ct --example fuzz -- csv 1000000 [minutes]
 //!     cargo run --release -p a3d-ct --example fuzz -- nifti 1000000 [minutes]
 //!
-//! Prints the executions, accepted inputs and panics; exits 1 on any panic.
+//!     cargo run --release -p a3d-ct --example fuzz -- dicom 1000000 [minutes]
+//!     cargo run --release -p a3d-ct --example fuzz -- dicom replay FILE   # one input
+//!
+//! Prints the executions, accepted inputs and panics (hex); exits 1 on any panic.
 
 use a3d_ct::fuzzing::{run, seeds, Target};
 
@@ -14,15 +17,21 @@ fn main() {
         Some("png") => Target::PngSlice,
         Some("csv") => Target::DlInfoCsv,
         Some("nifti") => Target::Nifti,
+        Some("dicom") => Target::Dicom,
         _ => {
-            eprintln!("usage: fuzz png|csv|nifti EXECS [MINUTES]");
+            eprintln!("usage: fuzz png|csv|nifti|dicom EXECS [MINUTES]");
             std::process::exit(2);
         }
     };
-    let execs: u64 = args
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let count = args.next();
+    if count.as_deref() == Some("replay") {
+        // `fuzz TARGET replay FILE`: runs one input with the panic message shown.
+        let path = args.next().unwrap_or_default();
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        println!("{}: accepted = {}", target.name(), target.exec(&bytes));
+        return;
+    }
+    let execs: u64 = count.and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let minutes: Option<u64> = args.next().and_then(|v| v.parse().ok());
     let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")

@@ -50,6 +50,14 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// A DICOM folder holds several CT series and none was chosen.
+    #[error("{}: {} CT series; choose one (`--series UID`): {}", path.display(), series.len(), series.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "))]
+    SeveralSeries {
+        /// The folder.
+        path: PathBuf,
+        /// Its series.
+        series: Vec<crate::dicom::SeriesSummary>,
+    },
     /// An argument is outside what the function accepts.
     #[error("`{arg}`: {problem}")]
     Argument {

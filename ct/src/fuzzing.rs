@@ -18,6 +18,8 @@ pub enum Target {
     /// [`crate::nifti::read_nifti`] (through a temporary `.nii` file: the `nifti` crate reads
     /// paths).
     Nifti,
+    /// [`crate::dicom::read_dicom`] of one file (through a temporary file, likewise).
+    Dicom,
 }
 
 impl Target {
@@ -27,6 +29,7 @@ impl Target {
             Target::PngSlice => "png",
             Target::DlInfoCsv => "csv",
             Target::Nifti => "nifti",
+            Target::Dicom => "dicom",
         }
     }
 
@@ -43,14 +46,23 @@ impl Target {
                 crate::read_hu_png_from(label, std::io::Cursor::new(bytes), &limits).is_ok()
             }
             Target::DlInfoCsv => crate::deeplesion::read_dl_info_from(label, bytes).is_ok(),
-            Target::Nifti => {
+            Target::Nifti | Target::Dicom => {
                 let path = std::env::temp_dir().join(format!(
-                    "a3d-ct-fuzz-{}-{:?}.nii",
+                    "a3d-ct-fuzz-{}-{:?}.{}",
                     std::process::id(),
-                    std::thread::current().id()
+                    std::thread::current().id(),
+                    if self == Target::Nifti { "nii" } else { "dcm" }
                 ));
                 std::fs::write(&path, bytes).is_ok()
-                    && crate::nifti::read_nifti(&path, &limits).is_ok()
+                    && if self == Target::Nifti {
+                        crate::nifti::read_nifti(&path, &limits).is_ok()
+                    } else {
+                        let options = crate::dicom::DicomOptions {
+                            series: None,
+                            limits,
+                        };
+                        crate::dicom::read_dicom(&path, &options).is_ok()
+                    }
             }
         }
     }
@@ -155,6 +167,27 @@ pub fn seeds(target: Target, corpus: Option<&Path>) -> Result<Vec<Vec<u8>>> {
                 let p = dir.join(format!("seed{i}.nii"));
                 crate::write::write_nifti(&p, &v)?;
                 out.push(std::fs::read(&p).map_err(|e| crate::Error::io(&p, e))?);
+            }
+        }
+        Target::Dicom => {
+            use crate::write::{DicomSyntax, DicomWriteOptions};
+            let cases = [
+                (DicomSyntax::ExplicitVrLittleEndian, false),
+                (DicomSyntax::ImplicitVrLittleEndian, true),
+                (DicomSyntax::ExplicitVrBigEndian, false),
+            ];
+            for (i, (syntax, multi_frame)) in cases.into_iter().enumerate() {
+                let shape = [2usize, 3, 5];
+                let hu: Vec<f32> = (0..30).map(|v| v as f32 * 13.0 - 400.0).collect();
+                let v = crate::Volume::new(hu, shape, [2.0, 0.5, 0.7])?;
+                let d = dir.join(format!("seed{i}"));
+                let options = DicomWriteOptions {
+                    syntax,
+                    multi_frame,
+                    ..DicomWriteOptions::default()
+                };
+                let files = crate::write::write_dicom_series(&d, &v, &options)?;
+                out.push(std::fs::read(&files[0]).map_err(|e| crate::Error::io(&files[0], e))?);
             }
         }
         Target::DlInfoCsv => {

@@ -8,19 +8,24 @@
 //!   boxes and RECIST points made 0-based), the 16-bit PNG slices (HU = value - 32768), and a key
 //!   slice's neighbours at the detector's 2.0 mm spacing;
 //! - [`nifti`]: NIfTI-1 volumes (`.nii`, `.nii.gz`) reoriented to a fixed axial orientation;
+//! - [`dicom`]: DICOM CT series (a folder of one or more series, or one multi-frame file)
+//!   ordered by position along the slice normal, in the same orientation;
 //! - [`network`]: windowing to `0..255 - 50`, the keep-ratio resize to 512, padding to a multiple
 //!   of 32, and the map of boxes between original and network pixels;
-//! - [`write`]: small DeepLesion-format folders for tests and benchmarks.
+//! - [`write`]: small DeepLesion-format folders, NIfTI volumes and DICOM series for tests and
+//!   benchmarks.
 //!
 //! Every reader validates sizes from a file's header against [`Limits`] before allocating, and
 //! every failure is an [`Error`] naming the file and the problem.
 
 pub mod deeplesion;
+pub mod dicom;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod network;
 pub mod nifti;
+mod orientation;
 mod png_slice;
 mod volume;
 pub mod write;

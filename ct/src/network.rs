@@ -106,21 +106,21 @@ impl NetworkInput {
         let mut data = vec![0.0f32; slices.depth * ph * pw];
         let mut windowed = vec![0.0f32; h * w];
         for z in 0..slices.depth {
-            for (o, v) in windowed
-                .iter_mut()
-                .zip(&slices.hu[z * h * w..(z + 1) * h * w])
-            {
+            let src = &slices.hu[z * h * w..(z + 1) * h * w];
+            let dst = &mut data[z * ph * pw..(z + 1) * ph * pw];
+            if (nw, nh) == (w, h) {
+                // Scale 1 samples every pixel at its own centre: the resize is the identity.
+                for (row, out) in src.chunks_exact(w).zip(dst.chunks_exact_mut(pw)) {
+                    for (o, v) in out.iter_mut().zip(row) {
+                        *o = window(*v);
+                    }
+                }
+                continue;
+            }
+            for (o, v) in windowed.iter_mut().zip(src) {
                 *o = window(*v);
             }
-            resize_bilinear(
-                &windowed,
-                w,
-                h,
-                &mut data[z * ph * pw..(z + 1) * ph * pw],
-                nw,
-                nh,
-                pw,
-            );
+            resize_bilinear(&windowed, w, h, dst, nw, nh, pw);
         }
         Ok(NetworkInput {
             data,
@@ -229,6 +229,27 @@ mod tests {
         let n = NetworkInput::build(&ms, &cfg, Some(0.8)).unwrap();
         assert_eq!((n.width, n.height), (150, 100));
         assert!(NetworkInput::build(&ms, &cfg, None).is_err());
+    }
+
+    #[test]
+    fn scale_one_is_the_identity_of_the_resize() {
+        // 512 x 512: no resize; the fast path must equal the bilinear one at scale 1.
+        let (w, h) = (512, 512);
+        let hu: Vec<f32> = (0..w * h)
+            .map(|i| ((i * 37) % 3000) as f32 - 1024.0)
+            .collect();
+        let ms = MultiSlice {
+            hu: hu.clone(),
+            depth: 1,
+            height: h,
+            width: w,
+        };
+        let n = NetworkInput::build(&ms, &InputConfig::default(), None).unwrap();
+        assert_eq!((n.width, n.height, n.scale), (512, 512, 1.0));
+        let windowed: Vec<f32> = hu.iter().map(|v| window(*v)).collect();
+        let mut slow = vec![0.0; w * h];
+        resize_bilinear(&windowed, w, h, &mut slow, w, h, w);
+        assert_eq!(n.data, slow);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! scaled by `scl_slope` / `scl_inter` (the crate applies them when the slope is non-zero). The
 //! header is read and checked against [`Limits`] before the voxels are.
 
+use crate::orientation::{axis_map, reorient, AffineLps};
 use crate::{Error, Limits, Result, Volume};
 use nifti::{IntoNdArray, NiftiHeader, NiftiObject, ReaderOptions};
 use std::path::Path;
@@ -36,8 +37,14 @@ pub struct NiftiInfo {
 /// Reads a NIfTI-1 volume as HU in a3d's orientation.
 pub fn read_nifti(path: &Path, limits: &Limits) -> Result<(Volume, NiftiInfo)> {
     let bad = |problem: String| Error::invalid(path, problem);
-    let header = NiftiHeader::from_file(path)
-        .map_err(|e| bad(format!("not a readable NIfTI-1 header: {e}")))?;
+    let header = NiftiHeader::from_file(path).map_err(|e| match header_size(path) {
+        Some(540) => bad(
+            "a NIfTI-2 header (sizeof_hdr 540): a3d reads NIfTI-1 only (the nifti crate has no \
+             NIfTI-2 reader); save it as NIfTI-1, e.g. nibabel's Nifti1Image"
+                .into(),
+        ),
+        _ => bad(format!("not a readable NIfTI-1 header: {e}")),
+    })?;
     let nd = header.dim[0] as usize;
     if !(3..=7).contains(&nd) || header.dim[4..=nd].iter().any(|&d| d > 1) {
         return Err(bad(format!(
@@ -100,8 +107,11 @@ pub fn read_nifti(path: &Path, limits: &Limits) -> Result<(Volume, NiftiInfo)> {
             header.scl_slope, header.scl_inter
         )));
     }
-    let (affine, transform) = affine(&header, pix);
-    let (axis_map, obliquity_deg) = orient(&affine).map_err(bad)?;
+    let (ras, transform) = affine(&header, pix);
+    // RAS to DICOM's LPS: x and y change sign.
+    let lps: AffineLps = [ras[0].map(|v| -v), ras[1].map(|v| -v), ras[2]];
+    // The orientation is checked before the voxels are read.
+    axis_map(&lps).map_err(bad)?;
     let obj = ReaderOptions::new()
         .read_file(path)
         .map_err(|e| bad(format!("reading the voxels: {e}")))?;
@@ -126,68 +136,37 @@ pub fn read_nifti(path: &Path, limits: &Limits) -> Result<(Volume, NiftiInfo)> {
     if stored.len() != n {
         return Err(bad(format!("{} voxels for dim {dims:?}", stored.len())));
     }
-    // Output axis a reads stored axis axis_map[a].0 (flipped when .1).
-    let out_dims = [
-        dims[axis_map[0].0],
-        dims[axis_map[1].0],
-        dims[axis_map[2].0],
-    ];
-    let strides = [1usize, dims[0], dims[0] * dims[1]];
-    let mut hu = vec![0.0f32; n];
-    let index = |a: usize, i: usize| {
-        let (s, flip) = axis_map[a];
-        let i = if flip { out_dims[a] - 1 - i } else { i };
-        i * strides[s]
-    };
-    let mut o = 0;
-    for z in 0..out_dims[0] {
-        let iz = index(0, z);
-        for y in 0..out_dims[1] {
-            let iy = iz + index(1, y);
-            for x in 0..out_dims[2] {
-                hu[o] = stored[iy + index(2, x)];
-                o += 1;
-            }
-        }
-    }
-    let spacing = [
-        column_norm(&affine, axis_map[0].0),
-        column_norm(&affine, axis_map[1].0),
-        column_norm(&affine, axis_map[2].0),
-    ];
-    let mut volume = Volume::new(hu, out_dims, spacing).map_err(|e| bad(format!("{e}")))?;
-    // Origin and directions in DICOM's patient system (LPS: x to the left, y to posterior).
-    let to_lps = |v: [f64; 3]| [-v[0], -v[1], v[2]];
-    let mut first = [affine[0][3], affine[1][3], affine[2][3]];
-    let mut direction = [[0.0; 3]; 3];
-    for (out_axis, (s, flip)) in axis_map.iter().enumerate() {
-        let col = [affine[0][*s], affine[1][*s], affine[2][*s]];
-        let norm = column_norm(&affine, *s);
-        let sign = if *flip { -1.0 } else { 1.0 };
-        if *flip {
-            for k in 0..3 {
-                first[k] += col[k] * (dims[*s] - 1) as f64;
-            }
-        }
-        // Volume::direction is (x, y, z) = (columns, rows, slices).
-        direction[2 - out_axis] = to_lps(col.map(|c| sign * c / norm));
-    }
-    volume.origin = Some(to_lps(first));
-    volume.direction = Some(direction);
+    let (volume, map) = reorient(stored, dims, &lps).map_err(bad)?;
     Ok((
         volume,
         NiftiInfo {
             stored_dims: dims,
             transform,
-            axis_map,
-            obliquity_deg,
+            axis_map: map.axes,
+            obliquity_deg: map.obliquity_deg,
             scaling: (header.scl_slope, header.scl_inter),
         },
     ))
 }
 
-fn column_norm(a: &[[f64; 4]; 3], s: usize) -> f64 {
-    (0..3).map(|r| a[r][s] * a[r][s]).sum::<f64>().sqrt()
+/// `sizeof_hdr` (either byte order) of a plain or gzipped file, to tell NIfTI-2 apart.
+fn header_size(path: &Path) -> Option<i32> {
+    use std::io::Read;
+    let mut raw = [0u8; 4];
+    let mut file = std::fs::File::open(path).ok()?;
+    file.read_exact(&mut raw).ok()?;
+    if raw[..2] == [0x1f, 0x8b] {
+        let file = std::fs::File::open(path).ok()?;
+        flate2::read::GzDecoder::new(file)
+            .read_exact(&mut raw)
+            .ok()?;
+    }
+    let le = i32::from_le_bytes(raw);
+    Some(if le == 348 || le == 540 {
+        le
+    } else {
+        i32::from_be_bytes(raw)
+    })
 }
 
 /// The voxel-to-RAS affine (3 x 4) and which transform it came from.
@@ -239,30 +218,4 @@ fn affine(h: &NiftiHeader, pix: [f64; 3]) -> ([[f64; 4]; 3], &'static str) {
         ],
         "none",
     )
-}
-
-/// For each output axis (slices = +z, rows = -y, columns = -x in RAS): the stored axis running
-/// closest to it and whether it runs the other way; and the largest misalignment in degrees.
-fn orient(a: &[[f64; 4]; 3]) -> std::result::Result<([(usize, bool); 3], f64), String> {
-    // Output axis -> (RAS component, the sign it must have).
-    const TARGET: [(usize, f64); 3] = [(2, 1.0), (1, -1.0), (0, -1.0)];
-    let mut map = [(usize::MAX, false); 3];
-    let mut worst: f64 = 0.0;
-    for s in 0..3 {
-        let norm = column_norm(a, s);
-        let (comp, val) = (0..3)
-            .map(|r| (r, a[r][s]))
-            .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
-            .unwrap_or((0, 0.0));
-        let out = TARGET.iter().position(|t| t.0 == comp).unwrap_or(0);
-        if map[out].0 != usize::MAX {
-            return Err(format!(
-                "stored axes {} and {s} both run along patient axis {}: the orientation matrix is degenerate",
-                map[out].0, ["x", "y", "z"][comp]
-            ));
-        }
-        map[out] = (s, val.signum() != TARGET[out].1);
-        worst = worst.max((val.abs() / norm).clamp(-1.0, 1.0).acos().to_degrees());
-    }
-    Ok((map, worst))
 }

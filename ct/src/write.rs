@@ -7,6 +7,8 @@ use crate::png_slice::HU_OFFSET;
 use crate::{Error, Result};
 use std::path::Path;
 
+pub use crate::dicom::write::{write_dicom_series, DicomSyntax, DicomWriteOptions};
+
 /// Writes `bytes` through `path.tmp` then a rename.
 fn write_atomic(
     path: &Path,

@@ -5,7 +5,12 @@ use a3d_ct::fuzzing::{run, seeds, Target};
 
 #[test]
 fn readers_survive_mutated_inputs() {
-    for target in [Target::PngSlice, Target::DlInfoCsv, Target::Nifti] {
+    for target in [
+        Target::PngSlice,
+        Target::DlInfoCsv,
+        Target::Nifti,
+        Target::Dicom,
+    ] {
         let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fuzz/corpus")
             .join(target.name());
@@ -15,7 +20,7 @@ fn readers_survive_mutated_inputs() {
             "{}: a seed is refused",
             target.name()
         );
-        let execs = if target == Target::Nifti {
+        let execs = if matches!(target, Target::Nifti | Target::Dicom) {
             2_000
         } else {
             20_000

@@ -1,22 +1,20 @@
 //! Writes a small DeepLesion-format folder (one series of 21 slices of a 96 x 80 phantom, 2.5 mm
-//! apart, with a round lesion over a few slices, and its `DL_info.csv`) and the same phantom as
-//! a NIfTI volume (`phantom.nii.gz`), for trying `a3d inspect` and the readers on data the
-//! repository can make:
+//! apart, with a round lesion over a few slices, and its `DL_info.csv`), the same phantom as a
+//! NIfTI volume (`phantom.nii.gz`), as a DICOM series (`dicom/`, one file per slice, names in a
+//! scrambled order) and as one enhanced multi-frame DICOM file (`dicom_enhanced/`), for trying
+//! `a3d inspect` and the readers on data the repository can make:
 //!
-//!     cargo run -p a3d-ct --example sample_deeplesion -- /tmp/deeplesion
-//!     cargo run --release --bin a3d -- inspect /tmp/deeplesion/Images_png/000001_01_01/110.png --depth 7 --png /tmp/preview.png
-//!     cargo run --release --bin a3d -- inspect /tmp/deeplesion/phantom.nii.gz --png /tmp/nifti.png
+//!     cargo run -p a3d-ct --example sample_ct -- /tmp/ct
+//!     cargo run --release --bin a3d -- inspect /tmp/ct/Images_png/000001_01_01/110.png --depth 7 --png /tmp/preview.png
+//!     cargo run --release --bin a3d -- inspect /tmp/ct/phantom.nii.gz --png /tmp/nifti.png
+//!     cargo run --release --bin a3d -- inspect /tmp/ct/dicom --png /tmp/dicom.png
 
 use a3d_ct::deeplesion::{Lesion, Split};
-use a3d_ct::write::{write_dl_info, write_hu_png};
+use a3d_ct::write::{write_dicom_series, write_dl_info, write_hu_png, DicomWriteOptions};
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .ok_or("usage: sample_deeplesion OUT_DIR")?,
-    );
+    let root = PathBuf::from(std::env::args().nth(1).ok_or("usage: sample_ct OUT_DIR")?);
     let (w, h) = (96usize, 80usize);
     let mut all: Vec<f32> = Vec::new();
     for i in 100..=120i64 {
@@ -47,8 +45,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         all.extend(hu);
     }
-    let volume = a3d_ct::Volume::new(all, [21, h, w], [2.5, 0.8, 0.8])?;
+    let mut volume = a3d_ct::Volume::new(all, [21, h, w], [2.5, 0.8, 0.8])?;
     a3d_ct::write::write_nifti(&root.join("phantom.nii.gz"), &volume)?;
+    // Patient position of the first voxel: the table at -250 mm, centred in x and y.
+    volume.origin = Some([-38.0, -32.0, -250.0]);
+    let series = DicomWriteOptions {
+        description: "a3d phantom".into(),
+        scramble_names: true,
+        ..DicomWriteOptions::default()
+    };
+    write_dicom_series(&root.join("dicom"), &volume, &series)?;
+    let enhanced = DicomWriteOptions {
+        multi_frame: true,
+        series_uid: format!("{}.2", series.series_uid),
+        ..series
+    };
+    write_dicom_series(&root.join("dicom_enhanced"), &volume, &enhanced)?;
     let lesion = Lesion {
         file_name: "000001_01_01_110.png".into(),
         patient: 1,
