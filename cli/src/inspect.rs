@@ -10,7 +10,7 @@ use a3d_ct::{read_hu_png, Limits};
 use std::path::{Path, PathBuf};
 
 /// The DeepLesion root and series folder name of a slice path, when it has that layout.
-fn deeplesion_root(path: &Path) -> Option<(PathBuf, String, u32)> {
+pub fn deeplesion_root(path: &Path) -> Option<(PathBuf, String, u32)> {
     let index: u32 = path.file_stem()?.to_str()?.parse().ok()?;
     let series = path.parent()?;
     let images = series.parent()?;

@@ -12,6 +12,8 @@ mod bench_a3dconv;
 mod bench_context;
 mod bench_dense_layer;
 mod bench_detection;
+mod bench_detector;
+mod detect;
 mod inspect;
 mod inspect_dicom;
 
@@ -45,6 +47,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Detect lesions with the A3D detector in a DeepLesion key slice, a NIfTI volume or a
+    /// DICOM series; boxes in original pixels as JSON.
+    Detect(detect::DetectArgs),
     /// Time an operator against a copy of the same bytes measured in the same run.
     Bench(BenchArgs),
     /// What a3d reads from a CT file: a DeepLesion slice PNG (size, HU range, and in a
@@ -191,6 +196,9 @@ enum BenchOp {
     /// 128->32), BN-ReLU fused into the convolutions against run one after the other.
     #[value(name = "dense-layer")]
     DenseLayer,
+    /// The reference detector (random weights) on one input, `--shape D,H,W`: backbone and
+    /// merge, then the whole detection, with the backbone's FLOP rate against a measured peak.
+    Detector,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -243,6 +251,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Selftest { device, seed } => run_selftest(device, seed),
+        Command::Detect(args) => match detect::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("a3d detect: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Inspect {
             path,
             series,
@@ -311,6 +326,20 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
             }
             run_detection_bench(args, &dtypes, &pool)
         }
+        BenchOp::Detector => {
+            if !matches!(args.device, DeviceArg::Cpu | DeviceArg::All) || dtypes != [DType::F32] {
+                return Err(
+                    "detector runs on the CPU in f32 (its CUDA path is not built yet)".into(),
+                );
+            }
+            let shapes = if args.shape.is_empty() {
+                bench_detector::DEFAULT_SHAPES.to_vec()
+            } else {
+                shapes_of::<3>(&args.shape, "D,H,W")?
+            };
+            let threads = pool.current_num_threads();
+            pool.install(|| bench_detector::run(&shapes, args.runs, args.json, threads))
+        }
         BenchOp::DenseLayer => {
             if let Some(flag) = args.conv.any_given() {
                 return Err(format!("{flag} applies to `a3d bench a3dconv` only"));
@@ -371,7 +400,8 @@ fn run_fusion_bench(
                 | BenchOp::A3dconv
                 | BenchOp::RoiAlign
                 | BenchOp::Nms
-                | BenchOp::DenseLayer => None,
+                | BenchOp::DenseLayer
+                | BenchOp::Detector => None,
             };
             let rows = match (&device, context) {
                 (BenchDevice::Cpu, Some(op)) => {

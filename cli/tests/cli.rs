@@ -209,3 +209,102 @@ fn inspect_reads_dicom_folders() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `a3d detect` with the tiny preset on a DICOM series a3d-ct writes (freshly initialised
+/// weights): JSON per slice in the range, overlays, the feature dump; a bad checkpoint is
+/// refused by name.
+#[test]
+fn detect_runs_on_a_dicom_series() {
+    use a3d_ct::write::{write_dicom_series, DicomWriteOptions};
+    let dir = std::env::temp_dir().join(format!("a3d-detect-{}", std::process::id()));
+    let hu: Vec<f32> = (0..5 * 40 * 48)
+        .map(|i| ((i * 37) % 1500) as f32 - 1000.0)
+        .collect();
+    let v = a3d_ct::Volume::new(hu, [5, 40, 48], [2.5, 0.7, 0.7]).unwrap();
+    write_dicom_series(&dir.join("ct"), &v, &DicomWriteOptions::default()).unwrap();
+    let out = dir.join("dets.json");
+    let dump = dir.join("f.safetensors");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let run = |args: &[String]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_a3d"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let args: Vec<String> = [
+        "detect",
+        &path(&dir.join("ct")),
+        "--init-seed",
+        "3",
+        "--preset",
+        "tiny",
+        "--range",
+        "1:3",
+        "--out",
+        &path(&out),
+        "--overlay",
+        &path(&dir.join("ov")),
+        "--dump-features",
+        &path(&dump),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, stderr) = run(&args);
+    assert_eq!(code, Some(0), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let slices = doc["slices"].as_array().unwrap();
+    assert_eq!(slices.len(), 3);
+    assert_eq!(slices[0]["index"], 1);
+    for s in slices {
+        for b in s["boxes"].as_array().unwrap() {
+            let r: Vec<f64> = b["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            // Original pixels: inside the 48 x 40 scan.
+            assert!(
+                r[0] >= 0.0 && r[2] <= 47.0 + 1e-3 && r[3] <= 39.0 + 1e-3,
+                "{r:?}"
+            );
+        }
+    }
+    assert!(dir.join("ov/slice_0002.png").is_file());
+    let dumped = a3d_ct_dump_names(&dump);
+    assert_eq!(dumped, vec!["fpn".to_string(), "input".to_string()]);
+    let bad = dir.join("bad.safetensors");
+    std::fs::write(&bad, b"not safetensors").unwrap();
+    let args: Vec<String> = [
+        "detect",
+        &path(&dir.join("ct")),
+        "--weights",
+        &path(&bad),
+        "--out",
+        &path(&out),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, stderr) = run(&args);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("bad.safetensors") && stderr.contains("safetensors"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn a3d_ct_dump_names(path: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_keys()
+        .collect();
+    names.sort();
+    names
+}

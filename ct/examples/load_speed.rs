@@ -9,7 +9,7 @@
 //! The page cache holds the files after the first run: this measures decoding and assembly,
 //! not the disk.
 
-use a3d_ct::deeplesion::{MultiSlice, WeightRule};
+use a3d_ct::deeplesion::WeightRule;
 use a3d_ct::dicom::{read_dicom, DicomOptions};
 use a3d_ct::network::{InputConfig, NetworkInput};
 use a3d_ct::write::{write_dicom_series, DicomWriteOptions};
@@ -60,6 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         median,
         1e3 * best / slices as f64
     );
+    let config = InputConfig::default();
     for depth in [3usize, 7] {
         let mut times = Vec::new();
         for _ in 0..runs {
@@ -67,9 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let inputs: Vec<usize> = (0..slices)
                 .into_par_iter()
                 .map(|z| {
-                    let ms = MultiSlice::from_volume(&v, z, depth, WeightRule::PerNeighbour)
-                        .expect("slice");
-                    NetworkInput::build(&ms, &InputConfig::default(), Some(0.7))
+                    NetworkInput::from_volume(&v, z, depth, WeightRule::PerNeighbour, &config)
                         .expect("input")
                         .data
                         .len()

@@ -134,6 +134,73 @@ impl NetworkInput {
         })
     }
 
+    /// The input of slice `z` of `volume` in one pass: the neighbour mix of
+    /// [`MultiSlice::from_volume`] and the windowing written straight into the padded buffer
+    /// when the resize is the identity (a volume already `size` pixels on its long side), else
+    /// through [`NetworkInput::build`]. Equal to `build(&MultiSlice::from_volume(..))`; the
+    /// fast path for running every slice of a scan.
+    pub fn from_volume(
+        volume: &crate::Volume,
+        z: usize,
+        depth: usize,
+        rule: crate::deeplesion::WeightRule,
+        config: &InputConfig,
+    ) -> Result<NetworkInput> {
+        let [nz, h, w] = volume.shape;
+        let s = config.size as f32;
+        let identity = config.target_spacing_mm.is_none()
+            && h > 0
+            && w > 0
+            && config.pad_divisor > 0
+            && (s / h.max(w) as f32).min(s / h.min(w) as f32) == 1.0
+            && !depth.is_multiple_of(2)
+            && z < nz;
+        if !identity {
+            let ms = MultiSlice::from_volume(volume, z, depth, rule)?;
+            return NetworkInput::build(&ms, config, Some(volume.spacing[2] as f32));
+        }
+        let d = config.pad_divisor;
+        let (ph, pw) = (h.div_ceil(d) * d, w.div_ceil(d) * d);
+        let plane = h * w;
+        let mut data = vec![0.0f32; depth * ph * pw];
+        let mut mix = vec![0.0f32; w];
+        for (k, terms) in crate::deeplesion::plan(depth, volume.spacing[0], rule)
+            .iter()
+            .enumerate()
+        {
+            let sources: Vec<(&[f32], f32)> = terms
+                .iter()
+                .map(|&(offset, weight)| {
+                    let i = (z as i64 + offset).clamp(0, nz as i64 - 1) as usize;
+                    (&volume.hu[i * plane..(i + 1) * plane], weight)
+                })
+                .collect();
+            let out = &mut data[k * ph * pw..(k + 1) * ph * pw];
+            for (y, row) in out.chunks_exact_mut(pw).take(h).enumerate() {
+                // The same sum order as MultiSlice::from_volume (0 + w0 v0 + w1 v1 ...).
+                mix.fill(0.0);
+                for (src, weight) in &sources {
+                    for (m, v) in mix.iter_mut().zip(&src[y * w..(y + 1) * w]) {
+                        *m += weight * v;
+                    }
+                }
+                for (o, m) in row.iter_mut().zip(&mix) {
+                    *o = window(*m);
+                }
+            }
+        }
+        Ok(NetworkInput {
+            data,
+            depth,
+            height: h,
+            width: w,
+            padded_height: ph,
+            padded_width: pw,
+            scale: 1.0,
+            original: (h, w),
+        })
+    }
+
     /// A box in original pixels to network pixels (times the scale, clipped to the resized
     /// image, as mmdetection's Resize does).
     pub fn to_network(&self, b: [f32; 4]) -> [f32; 4] {
@@ -146,9 +213,18 @@ impl NetworkInput {
         ]
     }
 
-    /// A box in network pixels back to original pixels.
+    /// A box in network pixels back to original pixels (divided by the scale, clipped to the
+    /// original image: x to `[0, width - 1]`, y to `[0, height - 1]`).
     pub fn to_original(&self, b: [f32; 4]) -> [f32; 4] {
-        b.map(|v| v / self.scale)
+        let (h, w) = self.original;
+        let (xm, ym) = ((w as f32 - 1.0).max(0.0), (h as f32 - 1.0).max(0.0));
+        let s = b.map(|v| v / self.scale);
+        [
+            s[0].clamp(0.0, xm),
+            s[1].clamp(0.0, ym),
+            s[2].clamp(0.0, xm),
+            s[3].clamp(0.0, ym),
+        ]
     }
 }
 
@@ -250,6 +326,30 @@ mod tests {
         let mut slow = vec![0.0; w * h];
         resize_bilinear(&windowed, w, h, &mut slow, w, h, w);
         assert_eq!(n.data, slow);
+    }
+
+    #[test]
+    fn from_volume_equals_mixing_then_building() {
+        use crate::deeplesion::WeightRule;
+        for (shape, spacing) in [
+            ([9, 512, 500], 1.25),
+            ([5, 80, 96], 2.5),
+            ([4, 512, 512], 0.7),
+        ] {
+            let n = shape.iter().product::<usize>();
+            let hu: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 3100) as f32 - 1030.0)
+                .collect();
+            let v = crate::Volume::new(hu, shape, [spacing, 0.7, 0.7]).unwrap();
+            for (z, depth) in [(0, 3), (shape[0] / 2, 7), (shape[0] - 1, 5)] {
+                let cfg = InputConfig::default();
+                let fast = NetworkInput::from_volume(&v, z, depth, WeightRule::PerNeighbour, &cfg)
+                    .unwrap();
+                let ms = MultiSlice::from_volume(&v, z, depth, WeightRule::PerNeighbour).unwrap();
+                let slow = NetworkInput::build(&ms, &cfg, None).unwrap();
+                assert_eq!(fast, slow, "{shape:?} z {z} depth {depth}");
+            }
+        }
     }
 
     #[test]

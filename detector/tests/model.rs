@@ -1,0 +1,186 @@
+//! The detector's structure and plumbing: the reference preset's parameter names and sizes,
+//! test-time detection on the tiny preset for every context operator, checkpoints that round
+//! trip, and checkpoint errors that name the tensors.
+
+use a3d::candle::ContextFusion;
+use a3d_ct::network::NetworkInput;
+use a3d_detector::{Detector, DetectorConfig, Error, Preset};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+
+fn input(depth: usize, h: usize, w: usize, seed: u64) -> NetworkInput {
+    let mut s = seed;
+    let data = (0..depth * h * w)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) % 255) as f32 - 50.0
+        })
+        .collect();
+    NetworkInput {
+        data,
+        depth,
+        height: h - 5,
+        width: w - 3,
+        padded_height: h,
+        padded_width: w,
+        scale: 1.0,
+        original: (h - 5, w - 3),
+    }
+}
+
+#[test]
+fn reference_preset_has_the_reference_tensors() {
+    let config = DetectorConfig::new(Preset::Reference, 3, ContextFusion::A3d);
+    let (_, map) = Detector::init(config, 1, &Device::Cpu).unwrap();
+    let data = map.data().lock().unwrap();
+    let backbone: Vec<_> = data.keys().filter(|k| k.starts_with("backbone.")).collect();
+    // 618 in a reference checkpoint, less the three unused fusion weights of conv0 and the
+    // transitions.
+    assert_eq!(backbone.len(), 615);
+    let values: usize = data
+        .iter()
+        .filter(|(k, _)| k.starts_with("backbone.") && !k.ends_with("num_batches_tracked"))
+        .map(|(_, v)| v.elem_count())
+        .sum();
+    // About 9.6 M values at D = 3 (reference-detector.md), without conv0's 9 and the
+    // transitions' 3 * 3 * (256 + 512).
+    assert!((9_500_000..9_700_000).contains(&values), "{values}");
+    for (name, dims) in [
+        ("backbone.conv0.weight", vec![64, 1, 7, 7]),
+        (
+            "backbone.denseblock3.denselayer24.conv1.adaptive_align_weights",
+            vec![3, 3, 992],
+        ),
+        (
+            "backbone.denseblock2.denselayer1.conv2.weight",
+            vec![32, 128, 3, 3],
+        ),
+        (
+            "backbone.reductionz3.reduction_z_conv.weight",
+            vec![1024, 1024, 3, 1, 1],
+        ),
+        ("backbone.transition2.conv.weight", vec![256, 512, 1, 1]),
+        ("backbone.lateral2.weight", vec![512, 256, 1, 1]),
+        ("rpn_head.rpn_reg.weight", vec![72, 512, 1, 1]),
+        ("bbox_head.shared_fcs.0.weight", vec![2048, 25088]),
+        ("bbox_head.fc_reg.weight", vec![8, 2048]),
+        ("backbone.norm0.num_batches_tracked", vec![]),
+    ] {
+        assert_eq!(
+            data.get(name).map(|v| v.dims().to_vec()),
+            Some(dims),
+            "{name}"
+        );
+    }
+    let fusion = &data["backbone.denseblock1.denselayer1.conv1.adaptive_align_weights"];
+    let w = fusion.as_tensor().to_vec3::<f32>().unwrap();
+    // Identity plus U(-0.1, 0.1).
+    assert!((w[1][1][0] - 1.0).abs() <= 0.1 && w[0][1][0].abs() <= 0.1);
+}
+
+#[test]
+fn tiny_detects_with_every_operator() {
+    for (name, depth) in [
+        ("a3d", 3),
+        ("tsm", 3),
+        ("alignshift", 5),
+        ("depthconv", 3),
+        ("none", 3),
+        ("a3d", 7),
+    ] {
+        let fusion = ContextFusion::from_name(name).unwrap();
+        let mut config = DetectorConfig::new(Preset::Tiny, depth, fusion);
+        // An untrained head scores ~0.5 everywhere: keep everything, let NMS thin it.
+        config.score_threshold = 0.0;
+        let (model, _) = Detector::init(config, 7, &Device::Cpu).unwrap();
+        let x = input(depth, 64, 96, 3);
+        let dets = model.detect(&x, Some(5.0)).unwrap();
+        assert_eq!(dets.features.dims(), &[1, 32, 16, 24], "{name}");
+        assert!(
+            !dets.proposals.is_empty() && dets.proposals.len() <= 300,
+            "{name}"
+        );
+        assert!(dets.boxes.len() <= 50 && !dets.boxes.is_empty(), "{name}");
+        for w in dets.scores.windows(2) {
+            assert!(w[0] >= w[1], "{name}: scores not sorted");
+        }
+        for b in dets.boxes.iter().chain(&dets.proposals) {
+            assert!(
+                b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= 92.0 && b[3] <= 58.0,
+                "{name}: {b:?}"
+            );
+            // The +1 convention lets a box narrower than a pixel have x1 > x2 by under 1.
+            assert!(b[0] <= b[2] + 1.0 && b[1] <= b[3] + 1.0);
+        }
+    }
+}
+
+#[test]
+fn checkpoints_round_trip_and_errors_name_tensors() {
+    let config = DetectorConfig::new(Preset::Tiny, 3, ContextFusion::A3d);
+    let (model, map) = Detector::init(config, 11, &Device::Cpu).unwrap();
+    let dir = std::env::temp_dir().join(format!("a3d-detector-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.safetensors");
+    map.save(&path).unwrap();
+    let loaded = Detector::load(config, &path, &Device::Cpu).unwrap();
+    let x = input(3, 64, 64, 5);
+    let (a, b) = (
+        model.detect(&x, None).unwrap(),
+        loaded.detect(&x, None).unwrap(),
+    );
+    assert_eq!(a.boxes, b.boxes);
+    assert_eq!(a.scores, b.scores);
+
+    let mut tensors: HashMap<String, Tensor> = map
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    tensors.remove("backbone.denseblock2.denselayer1.norm1.running_var");
+    tensors.insert(
+        "backbone.lateral3.bias".into(),
+        Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    tensors.insert(
+        "backbone.extra.weight".into(),
+        Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    // What a reference checkpoint carries and the model ignores.
+    tensors.insert(
+        "mask_head.conv_logits.weight".into(),
+        Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    tensors.insert(
+        "backbone.conv0.adaptive_align_weights".into(),
+        Tensor::zeros((3, 3, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let err = Detector::from_tensors(config, tensors, "ckpt.safetensors".as_ref(), &Device::Cpu)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Weights { .. }));
+    assert!(text.contains("3 problem(s)"), "{text}");
+    assert!(
+        text.contains("missing tensor backbone.denseblock2.denselayer1.norm1.running_var"),
+        "{text}"
+    );
+    assert!(
+        text.contains("backbone.lateral3.bias is [7], the model needs [32]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unexpected tensor backbone.extra.weight"),
+        "{text}"
+    );
+    // A checkpoint of other slices is refused by name.
+    let d7 = DetectorConfig::new(Preset::Tiny, 7, ContextFusion::A3d);
+    let err = Detector::load(d7, &path, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("adaptive_align_weights is [3, 3,"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
