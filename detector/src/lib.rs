@@ -21,6 +21,7 @@ mod backbone;
 mod config;
 mod error;
 mod heads;
+mod imagenet;
 mod model;
 #[doc(hidden)]
 pub mod testing;

@@ -67,6 +67,67 @@ impl Detector {
         Ok((model, seeded.map.clone()))
     }
 
+    /// A model initialised the reference's way from an ImageNet DenseNet-121 (torchvision's
+    /// names, safetensors; `scripts/convert_checkpoint.py` converts torchvision's `.pth`): the
+    /// stem, dense layers and transitions from ImageNet, everything else from the reference
+    /// initialisation with `seed`. Backbone tensors the file lacks or has in another shape are
+    /// an [`Error::Weights`] naming them. Returns the variables for training.
+    pub fn init_imagenet(
+        config: DetectorConfig,
+        imagenet: &Path,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Detector, VarMap)> {
+        let bad = |problem: String| Error::Weights {
+            path: imagenet.into(),
+            problem,
+        };
+        let tensors = candle_core::safetensors::load(imagenet, device)
+            .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
+        let mapped = crate::imagenet::mapped(tensors)?;
+        // The model shares its variables with the map: setting a variable updates the model.
+        let (model, map) = Detector::init(config, seed, device)?;
+        let mut problems = Vec::new();
+        {
+            let data = map
+                .data()
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("variables poisoned".into()))?;
+            let mut names: Vec<&String> = data.keys().collect();
+            names.sort();
+            for name in names {
+                let from_imagenet = name.starts_with("backbone.conv0.")
+                    || name.starts_with("backbone.norm0.")
+                    || (name.starts_with("backbone.denseblock")
+                        || name.starts_with("backbone.transition"))
+                        && !name.ends_with("adaptive_align_weights")
+                        && !name.ends_with("depth_conv_weights");
+                if !from_imagenet {
+                    continue;
+                }
+                let var = &data[name];
+                match mapped.get(name.as_str()) {
+                    Some(t) if t.dims() == var.dims() => var.set(&t.to_dtype(var.dtype())?)?,
+                    Some(t) => problems.push(format!(
+                        "{name} is {:?} in the ImageNet file, the model needs {:?}",
+                        t.dims(),
+                        var.dims()
+                    )),
+                    None => problems.push(format!(
+                        "missing {name} (torchvision: features.{})",
+                        &name["backbone.".len()..]
+                    )),
+                }
+            }
+        }
+        if !problems.is_empty() {
+            let n = problems.len();
+            problems.truncate(12);
+            return Err(bad(format!("{n} problem(s): {}", problems.join("; "))));
+        }
+        Ok((model, map))
+    }
+
     /// The model with the weights of the safetensors file at `path`; missing, unexpected and
     /// mis-shaped tensors are an [`Error::Weights`] naming them all.
     pub fn load(config: DetectorConfig, path: &Path, device: &Device) -> Result<Detector> {

@@ -184,3 +184,108 @@ fn checkpoints_round_trip_and_errors_name_tensors() {
     assert!(err.contains("adaptive_align_weights is [3, 3,"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// ImageNet initialisation from torchvision names (old `norm.1` spellings included): conv0
+/// keeps input channel 1, dense layers and transitions are copied, the rest keeps the
+/// reference initialisation; the model uses the copied values; a missing tensor is named.
+#[test]
+fn imagenet_initialisation_maps_torchvision_names() {
+    let config = DetectorConfig::new(Preset::Tiny, 3, ContextFusion::A3d);
+    // A "torchvision" file shaped like the tiny backbone, values from another seed.
+    let (_, other) = Detector::init(config, 99, &Device::Cpu).unwrap();
+    let mut tv: HashMap<String, Tensor> = HashMap::new();
+    for (k, v) in other.data().lock().unwrap().iter() {
+        let Some(rest) = k.strip_prefix("backbone.") else {
+            continue;
+        };
+        if rest.starts_with("reductionz")
+            || rest.starts_with("lateral")
+            || k.ends_with("adaptive_align_weights")
+        {
+            continue;
+        }
+        let mut t = v.as_tensor().copy().unwrap();
+        let mut name = format!("features.{rest}");
+        if name == "features.conv0.weight" {
+            // Three input channels; channel 1 is the one kept.
+            let c = t.clone();
+            t = Tensor::cat(&[&(&c * 7.0).unwrap(), &c, &(&c * -3.0).unwrap()], 1).unwrap();
+        }
+        if name.contains("denselayer1.norm1.") {
+            name = name.replace("norm1.", "norm.1.");
+        }
+        tv.insert(name, t);
+    }
+    tv.insert(
+        "features.norm5.weight".into(),
+        Tensor::zeros(8, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    tv.insert(
+        "classifier.weight".into(),
+        Tensor::zeros((2, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let dir = std::env::temp_dir().join(format!("a3d-imagenet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("densenet.safetensors");
+    candle_core::safetensors::save(&tv, &path).unwrap();
+    let (model, map) = Detector::init_imagenet(config, &path, 5, &Device::Cpu).unwrap();
+    let (_, fresh) = Detector::init(config, 5, &Device::Cpu).unwrap();
+    let get = |m: &candle_nn::VarMap, k: &str| {
+        m.data().lock().unwrap()[k]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let o = |k: &str| get(&other, k);
+    assert_eq!(
+        get(&map, "backbone.conv0.weight"),
+        o("backbone.conv0.weight")
+    );
+    for k in [
+        "backbone.denseblock1.denselayer1.norm1.weight",
+        "backbone.denseblock2.denselayer2.conv2.weight",
+        "backbone.transition1.conv.weight",
+        "backbone.norm0.running_var",
+    ] {
+        assert_eq!(get(&map, k), o(k), "{k}");
+    }
+    for k in [
+        "backbone.denseblock1.denselayer1.conv1.adaptive_align_weights",
+        "backbone.reductionz2.reduction_z_conv.weight",
+        "backbone.lateral3.weight",
+        "rpn_head.rpn_conv.weight",
+    ] {
+        assert_eq!(get(&map, k), get(&fresh, k), "{k}");
+    }
+    // The returned model runs on the copied values.
+    let tensors: HashMap<String, Tensor> = map
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
+        .collect();
+    let rebuilt = Detector::from_tensors(config, tensors, "m".as_ref(), &Device::Cpu).unwrap();
+    let x = input(3, 32, 32, 9);
+    let (a, b) = (
+        model.detect(&x, None).unwrap(),
+        rebuilt.detect(&x, None).unwrap(),
+    );
+    let fa = a.features.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let fb = b.features.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(fa, fb);
+    // A missing tensor is named.
+    tv.remove("features.denseblock3.denselayer2.conv2.weight");
+    candle_core::safetensors::save(&tv, &path).unwrap();
+    let err = match Detector::init_imagenet(config, &path, 5, &Device::Cpu) {
+        Ok(_) => panic!("a missing tensor must be an error"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("missing backbone.denseblock3.denselayer2.conv2.weight"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
