@@ -14,6 +14,7 @@ mod bench_dense_layer;
 mod bench_detection;
 mod bench_detector;
 mod detect;
+mod eval;
 mod inspect;
 mod inspect_dicom;
 
@@ -50,6 +51,9 @@ enum Command {
     /// Detect lesions with the A3D detector in a DeepLesion key slice, a NIfTI volume or a
     /// DICOM series; boxes in original pixels as JSON.
     Detect(detect::DetectArgs),
+    /// DeepLesion FROC of a detections file (`a3d detect` JSON or CSV) against DL_info.csv:
+    /// sensitivity at 0.5-16 FP per image for all lesions, by slice interval and by type.
+    Eval(eval::EvalArgs),
     /// Time an operator against a copy of the same bytes measured in the same run.
     Bench(BenchArgs),
     /// What a3d reads from a CT file: a DeepLesion slice PNG (size, HU range, and in a
@@ -251,6 +255,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Selftest { device, seed } => run_selftest(device, seed),
+        Command::Eval(args) => match eval::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("a3d eval: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Detect(args) => match detect::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -308,3 +308,117 @@ fn a3d_ct_dump_names(path: &std::path::Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// `a3d eval` on a DL_info.csv and CSV detections made here: the sensitivities worked out by
+/// hand (a duplicate that is neither hit nor FP, an FP on a lesion-free key slice of another
+/// scan), JSON keys, and a detection on an image outside the split named.
+#[test]
+fn eval_computes_the_froc_of_a_detections_file() {
+    use a3d_ct::deeplesion::{Lesion, Split};
+    let dir = std::env::temp_dir().join(format!("a3d-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lesion = |file: &str, bbox: [f32; 4], interval: f32, kind: i32| Lesion {
+        file_name: file.into(),
+        patient: 1,
+        study: 1,
+        series: 1,
+        key_slice: 10,
+        recist: [0.0; 8],
+        bbox,
+        diameters_px: [5.0, 5.0],
+        location: [0.5; 3],
+        coarse_type: kind,
+        noisy: false,
+        slice_range: [5, 15],
+        spacing: [0.8, 0.8, interval],
+        image_size: [512, 512],
+        dicom_window: [-175.0, 275.0],
+        gender: "F".into(),
+        age: Some(50.0),
+        split: Split::Val,
+    };
+    let rows = vec![
+        lesion("000001_01_01_010.png", [10.0, 10.0, 29.0, 29.0], 1.0, 4),
+        lesion("000002_01_01_020.png", [50.0, 50.0, 59.0, 59.0], 5.0, 2),
+    ];
+    let csv_path = dir.join("DL_info.csv");
+    a3d_ct::write::write_dl_info(&csv_path, &rows).unwrap();
+    let dets = dir.join("dets.csv");
+    std::fs::write(
+        &dets,
+        "File_name,x1,y1,x2,y2,score\n\
+         000001_01_01_010.png,10,10,29,29,0.9\n\
+         000001_01_01_010.png,11,11,29,29,0.8\n\
+         000002_01_01_020.png,0,0,9,9,0.7\n\
+         000002_01_01_020.png,50,50,59,59,0.6\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_a3d"))
+        .args([
+            "eval",
+            "--detections",
+            dets.to_str().unwrap(),
+            "--annotations",
+            csv_path.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let all = &lines[0];
+    assert_eq!(all["subset"], "all");
+    assert_eq!(
+        (all["images"].as_u64(), all["lesions"].as_u64()),
+        (Some(2), Some(2))
+    );
+    // Curve: (0, .5) (0, .5) (.5, .5) (.5, 1): at 0.5 FP/image the point where it got there.
+    assert_eq!(all["sensitivity"]["0.5"].as_f64(), Some(0.5));
+    assert_eq!(all["sensitivity"]["1"].as_f64(), Some(1.0));
+    assert_eq!(all["mean_0.5_4"].as_f64(), Some(0.875));
+    let thin = &lines[1];
+    assert_eq!(thin["subset"], "slice_interval<=2mm");
+    assert_eq!(thin["sensitivity"]["0.5"].as_f64(), Some(1.0));
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|l| l["subset"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "all",
+            "slice_interval<=2mm",
+            "slice_interval>2mm",
+            "type_2",
+            "type_4"
+        ]
+    );
+    std::fs::write(
+        &dets,
+        "File_name,x1,y1,x2,y2,score\n000009_01_01_001.png,1,1,5,5,0.5\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_a3d"))
+        .args([
+            "eval",
+            "--detections",
+            dets.to_str().unwrap(),
+            "--annotations",
+            csv_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("000009_01_01_001.png"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

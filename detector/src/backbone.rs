@@ -231,7 +231,13 @@ impl Backbone {
         })?;
         let mut reduced = Vec::new();
         for (i, layers) in self.blocks.iter().enumerate() {
-            x = self.dense_block(layers, x, thickness, train)?;
+            for layer in layers {
+                let y = layer
+                    .bottleneck
+                    .forward_with_thickness(&x, thickness, train)?;
+                let y = layer.grow.forward_with_thickness(&y, thickness, train)?;
+                x = Tensor::cat(&[&x, &y], 1)?;
+            }
             reduced.push(reduce_z(&x, &self.reductions[i])?);
             if let Some(t) = self.transitions.get(i) {
                 let y = t.forward_with_thickness(&x, None, train)?;
@@ -245,53 +251,6 @@ impl Backbone {
             top = (top.upsample_nearest2d(lh, lw)? + lateral)?;
         }
         Ok(top)
-    }
-}
-
-impl Backbone {
-    /// One dense block: each layer's output is appended to the block's channels. In training
-    /// the block concatenates (candle's autograd follows it); in evaluation the layers write
-    /// into one buffer sized for the whole block, so no layer copies the ones before it (and
-    /// for one sample each layer's input is a contiguous prefix of the buffer, read in place).
-    fn dense_block(
-        &self,
-        layers: &[DenseLayer],
-        x: Tensor,
-        thickness: Option<&[f32]>,
-        train: bool,
-    ) -> Result<Tensor> {
-        let layer = |input: &Tensor, l: &DenseLayer| -> Result<Tensor> {
-            let y = l
-                .bottleneck
-                .forward_with_thickness(input, thickness, train)?;
-            l.grow.forward_with_thickness(&y, thickness, train)
-        };
-        if train {
-            let mut x = x;
-            for l in layers {
-                let y = layer(&x, l)?;
-                x = Tensor::cat(&[&x, &y], 1)?;
-            }
-            return Ok(x);
-        }
-        let (b, c, d, h, w) = x.dims5()?;
-        let growth = match layers.first() {
-            Some(l) => l.grow.conv().conv().config().out_channels,
-            None => return Ok(x),
-        };
-        let buf = Tensor::zeros(
-            (b, c + layers.len() * growth, d, h, w),
-            x.dtype(),
-            x.device(),
-        )?;
-        buf.slice_set(&x, 1, 0)?;
-        let mut f = c;
-        for l in layers {
-            let y = layer(&buf.narrow(1, 0, f)?, l)?;
-            buf.slice_set(&y, 1, f)?;
-            f += growth;
-        }
-        Ok(buf)
     }
 }
 

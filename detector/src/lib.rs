@@ -20,6 +20,7 @@
 mod backbone;
 mod config;
 mod error;
+pub mod froc;
 mod heads;
 mod imagenet;
 mod model;
