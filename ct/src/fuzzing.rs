@@ -79,10 +79,10 @@ pub struct Report {
     pub panics: Vec<String>,
 }
 
-/// SplitMix64, local so the fuzzer needs nothing else.
-struct Rng(u64);
+/// SplitMix64, local so the fuzzer (and the synthetic data) need nothing else.
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

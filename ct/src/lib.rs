@@ -12,6 +12,7 @@
 //!   ordered by position along the slice normal, in the same orientation;
 //! - [`network`]: windowing to `0..255 - 50`, the keep-ratio resize to 512, padding to a multiple
 //!   of 32, and the map of boxes between original and network pixels;
+//! - [`synth`]: a synthetic DeepLesion-format dataset whose lesions need 3D context;
 //! - [`write`]: small DeepLesion-format folders, NIfTI volumes and DICOM series for tests and
 //!   benchmarks.
 //!
@@ -27,6 +28,7 @@ pub mod network;
 pub mod nifti;
 mod orientation;
 mod png_slice;
+pub mod synth;
 mod volume;
 pub mod write;
 
