@@ -21,6 +21,9 @@ pub struct EvalArgs {
     /// One JSON object per subset instead of the tables.
     #[arg(long)]
     json: bool,
+    /// Draw the FROC curves of all lesions and of both slice-interval subsets into this PNG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// The detections of a file, by its format.
@@ -181,6 +184,7 @@ pub fn run(args: &EvalArgs) -> Result<(), String> {
             "mean 0.5-4"
         );
     }
+    let mut curves: Vec<(String, Froc)> = Vec::new();
     for (name, select, per_lesion) in &subsets {
         // Interval subsets keep the images of those scans; type subsets keep every image and
         // count only that type's lesions (the others still absorb the detections that find
@@ -208,6 +212,16 @@ pub fn run(args: &EvalArgs) -> Result<(), String> {
         }
         let f = froc(&lesions, &dets);
         print_subset(name, &f, args.json);
+        if !per_lesion {
+            curves.push((name.clone(), f));
+        }
+    }
+    if let Some(path) = &args.plot {
+        let refs: Vec<(&str, &Froc)> = curves.iter().map(|(n, f)| (n.as_str(), f)).collect();
+        crate::plot::froc_png(path, &format!("FROC, {} split", args.split), &refs)?;
+        if !args.json {
+            crate::say!("wrote {}", path.display());
+        }
     }
     Ok(())
 }

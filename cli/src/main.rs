@@ -17,6 +17,7 @@ mod detect;
 mod eval;
 mod inspect;
 mod inspect_dicom;
+mod plot;
 
 /// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
 macro_rules! say {

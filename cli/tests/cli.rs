@@ -385,6 +385,28 @@ fn eval_computes_the_froc_of_a_detections_file() {
     assert_eq!(all["sensitivity"]["0.5"].as_f64(), Some(0.5));
     assert_eq!(all["sensitivity"]["1"].as_f64(), Some(1.0));
     assert_eq!(all["mean_0.5_4"].as_f64(), Some(0.875));
+    let plot = dir.join("froc.png");
+    let out2 = Command::new(env!("CARGO_BIN_EXE_a3d"))
+        .args([
+            "eval",
+            "--detections",
+            dets.to_str().unwrap(),
+            "--annotations",
+            csv_path.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out2.stdout);
+    let err = String::from_utf8_lossy(&out2.stderr);
+    // The plot needs a system font; without one the error says so.
+    if err.contains("TrueType font") {
+        eprintln!("no font here: {err}");
+    } else {
+        assert_eq!(out2.status.code(), Some(0), "{err}");
+        assert!(text.contains("type_4") && plot.is_file(), "{text}");
+    }
     let thin = &lines[1];
     assert_eq!(thin["subset"], "slice_interval<=2mm");
     assert_eq!(thin["sensitivity"]["0.5"].as_f64(), Some(1.0));
