@@ -26,6 +26,7 @@ mod imagenet;
 mod model;
 #[doc(hidden)]
 pub mod testing;
+pub mod train;
 mod weights;
 
 pub use backbone::Backbone;
