@@ -225,9 +225,12 @@ impl Backbone {
         // After the ReLU every value is >= 0, so zero padding equals the -inf padding of
         // MaxPool3d([1, 3, 3], [1, 2, 2], [0, 1, 1]).
         let mut x = per_slice(&x, |s| {
-            s.pad_with_zeros(2, 1, 1)?
-                .pad_with_zeros(3, 1, 1)?
-                .max_pool2d_with_stride(3, 2)
+            let padded = s.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+            if train {
+                max_pool_3x3_s2(&padded)
+            } else {
+                padded.max_pool2d_with_stride(3, 2)
+            }
         })?;
         let mut reduced = Vec::new();
         for (i, layers) in self.blocks.iter().enumerate() {
@@ -254,6 +257,34 @@ impl Backbone {
     }
 }
 
+/// A 3x3, stride-2 max pool of `x` `[N, C, P, P']` (P, P' even: an even map padded by one) as
+/// the maximum of nine strided views, so that candle's autograd can differentiate it (its own
+/// max pool has no backward for overlapping windows).
+fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+    let (n, c, p, q) = x.dims4()?;
+    if p % 2 != 0 || q % 2 != 0 {
+        candle_core::bail!("max pool: padded map {p} x {q} must be even");
+    }
+    let (ho, wo) = (p / 2 - 1, q / 2 - 1);
+    // [N, C, P/2, 2, Q/2, 2]: row 2i + dy is pair i + dy/2, element dy % 2.
+    let pairs = x.reshape((n, c, p / 2, 2, q / 2, 2))?;
+    let mut out: Option<Tensor> = None;
+    for dy in 0..3 {
+        let rows = pairs.narrow(2, dy / 2, ho)?.narrow(3, dy % 2, 1)?;
+        for dx in 0..3 {
+            let v = rows.narrow(4, dx / 2, wo)?.narrow(5, dx % 2, 1)?;
+            out = Some(match out {
+                None => v,
+                Some(m) => m.maximum(&v)?,
+            });
+        }
+    }
+    match out {
+        Some(m) => m.reshape((n, c, ho, wo)),
+        None => candle_core::bail!("max pool: empty window"),
+    }
+}
+
 /// The reduction-z convolution (Conv3d, kernel `[D, 1, 1]`, no bias): `[B, C, D, H, W]` to
 /// `[B, C', H, W]`, as one matrix product per sample.
 fn reduce_z(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
@@ -264,4 +295,22 @@ fn reduce_z(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         .broadcast_as((b, out, c * d))?;
     let xm = x.reshape((b, c * d, h * w))?;
     wm.contiguous()?.matmul(&xm)?.reshape((b, out, h, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_view_max_pool_equals_candles() {
+        let x = Tensor::rand(-1.0f32, 1.0, (2, 3, 10, 14), &candle_core::Device::Cpu).unwrap();
+        let fast = x.max_pool2d_with_stride(3, 2).unwrap();
+        let ours = max_pool_3x3_s2(&x).unwrap();
+        assert_eq!(fast.dims(), ours.dims());
+        let (a, b) = (
+            fast.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(a, b);
+    }
 }

@@ -31,11 +31,11 @@ pub struct Detections {
 /// The A3D lesion detector.
 #[derive(Debug, Clone)]
 pub struct Detector {
-    config: DetectorConfig,
-    backbone: Backbone,
-    rpn: Rpn,
-    head: BoxHead,
-    device: Device,
+    pub(crate) config: DetectorConfig,
+    pub(crate) backbone: Backbone,
+    pub(crate) rpn: Rpn,
+    pub(crate) head: BoxHead,
+    pub(crate) device: Device,
 }
 
 impl Detector {

@@ -7,8 +7,10 @@ mod assign;
 mod loss;
 mod optim;
 mod schedule;
+mod step;
 
 pub use assign::{assign, sample, Assigner, Assignment, Sampled, Sampler};
 pub use loss::{bce_with_logits_sum, smooth_l1_sum, softmax_ce_sum};
 pub use optim::{clip_grad_norm, Sgd};
 pub use schedule::LrSchedule;
+pub use step::Losses;
