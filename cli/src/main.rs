@@ -18,6 +18,7 @@ mod eval;
 mod inspect;
 mod inspect_dicom;
 mod plot;
+mod train;
 
 /// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
 macro_rules! say {
@@ -55,6 +56,9 @@ enum Command {
     /// DeepLesion FROC of a detections file (`a3d detect` JSON or CSV) against DL_info.csv:
     /// sensitivity at 0.5-16 FP per image for all lesions, by slice interval and by type.
     Eval(eval::EvalArgs),
+    /// Train the detector on a DeepLesion-format folder with the reference recipe (no
+    /// augmentation or resume yet): checkpoints, validation FROC and a JSONL log per epoch.
+    Train(train::TrainArgs),
     /// Write a synthetic DeepLesion-format dataset whose lesions need 3D context (compact blobs
     /// among vessel-like tubes of the same in-plane look), seeded and reproducible.
     Synth {
@@ -303,6 +307,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Train(args) => match train::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("a3d train: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Eval(args) => match eval::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

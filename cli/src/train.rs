@@ -1,0 +1,265 @@
+//! `a3d train`: the reference recipe's loop on a DeepLesion-format folder, one image per
+//! iteration: the losses of `Detector::losses`, gradient clipping at 35, SGD (momentum 0.9,
+//! weight decay 1e-4 on every parameter), linear warm-up then step decay; after every epoch a
+//! checkpoint (weights, momentum buffers, schedule position and generator state) and the
+//! validation FROC, the best epoch kept as `best.safetensors`; a JSONL log of every iteration.
+//! Not yet: augmentation and `--resume`.
+
+use a3d::candle::ContextFusion;
+use a3d_ct::deeplesion::{DeepLesion, KeySlice, Split, WeightRule};
+use a3d_ct::network::{InputConfig, NetworkInput};
+use a3d_ct::Limits;
+use a3d_detector::froc::{froc, Detection, Lesion};
+use a3d_detector::train::{clip_grad_norm, LrSchedule, Sgd};
+use a3d_detector::{Detector, DetectorConfig, Preset};
+use candle_core::Device;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// A DeepLesion-format root (`Images_png/`, `DL_info.csv`), e.g. from `a3d synth`.
+    #[arg(long)]
+    data: PathBuf,
+    /// Model sizes.
+    #[arg(long, default_value = "tiny", value_parser = ["reference", "tiny"])]
+    preset: String,
+    /// Context operator of the dense layers.
+    #[arg(long, default_value = "a3d", value_parser = ["a3d", "tsm", "alignshift", "depthconv", "none"])]
+    fusion: String,
+    /// Slices of the input (odd).
+    #[arg(long, default_value_t = 3)]
+    slices: usize,
+    /// Where checkpoints and the log go (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// Epochs.
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    /// Base learning rate (the reference: 0.02).
+    #[arg(long, default_value_t = 0.02)]
+    lr: f64,
+    /// Warm-up iterations (the reference: 500).
+    #[arg(long, default_value_t = 500)]
+    warmup_iters: usize,
+    /// Epochs (0-based) at which the rate drops 10x (the reference: 9,16).
+    #[arg(long, default_value = "9,16")]
+    steps: String,
+    /// Seed of the initialisation, the shuffling and the samplers.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Initialise from an ImageNet DenseNet-121 (safetensors, torchvision names).
+    #[arg(long)]
+    imagenet: Option<PathBuf>,
+    /// The keep-ratio resize target of the inputs (the reference: 512; smaller trains faster
+    /// on small synthetic slices).
+    #[arg(long, default_value_t = 512)]
+    input_size: usize,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A key slice's network input and ground truth (network pixels).
+fn sample_of(
+    dl: &DeepLesion,
+    key: &KeySlice,
+    depth: usize,
+    size: usize,
+) -> Result<(NetworkInput, Vec<[f32; 4]>), String> {
+    let slices = dl
+        .load(key, depth, WeightRule::PerNeighbour, &Limits::default())
+        .map_err(|e| e.to_string())?;
+    let config = InputConfig {
+        size,
+        ..InputConfig::default()
+    };
+    let input = NetworkInput::build(&slices, &config, None).map_err(|e| e.to_string())?;
+    let gts = key.boxes.iter().map(|b| input.to_network(*b)).collect();
+    Ok((input, gts))
+}
+
+/// The validation FROC: (mean sensitivity at 0.5-4 FP per image, sensitivity at 1 and 4).
+fn validate(
+    model: &Detector,
+    dl: &DeepLesion,
+    keys: &[KeySlice],
+    depth: usize,
+    size: usize,
+) -> Result<(f64, f64, f64), String> {
+    let mut lesions: BTreeMap<String, Vec<Lesion>> = BTreeMap::new();
+    let mut dets = Vec::new();
+    for key in keys {
+        let (input, _) = sample_of(dl, key, depth, size)?;
+        let d = model
+            .detect(&input, Some(key.spacing[2]))
+            .map_err(|e| format!("{}: {e}", key.file_name))?;
+        for (b, s) in d.boxes.iter().zip(&d.scores) {
+            dets.push(Detection {
+                image: key.file_name.clone(),
+                bbox: input.to_original(*b),
+                score: *s,
+            });
+        }
+        lesions.insert(
+            key.file_name.clone(),
+            key.boxes
+                .iter()
+                .map(|b| Lesion {
+                    bbox: *b,
+                    counted: true,
+                })
+                .collect(),
+        );
+    }
+    let f = froc(&lesions, &dets);
+    Ok((f.mean_first_four(), f.sensitivity[1], f.sensitivity[3]))
+}
+
+pub fn run(args: &TrainArgs) -> Result<(), String> {
+    if args.slices.is_multiple_of(2) {
+        return Err(format!("--slices {}: needs an odd number", args.slices));
+    }
+    let preset = Preset::from_name(&args.preset).ok_or("--preset: reference or tiny")?;
+    let fusion = ContextFusion::from_name(&args.fusion).ok_or("--fusion: unknown operator")?;
+    let steps: Vec<usize> = args
+        .steps
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| format!("--steps {}: epochs, comma-separated", args.steps))
+        })
+        .collect::<Result<_, _>>()?;
+    let config = DetectorConfig::new(preset, args.slices, fusion);
+    let dl = DeepLesion::open(&args.data).map_err(|e| e.to_string())?;
+    let train: Vec<KeySlice> = dl.key_slices(Some(Split::Train));
+    let val: Vec<KeySlice> = dl.key_slices(Some(Split::Val));
+    if train.is_empty() {
+        return Err(format!(
+            "{}: no training key slices in DL_info.csv",
+            args.data.display()
+        ));
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let device = Device::Cpu;
+    let (model, map) = match &args.imagenet {
+        Some(p) => Detector::init_imagenet(config, p, args.seed, &device),
+        None => Detector::init(config, args.seed, &device),
+    }
+    .map_err(|e| e.to_string())?;
+    let names: Vec<String> = {
+        let data = map.data().lock().map_err(|_| "variables poisoned")?;
+        let mut n: Vec<String> = data.keys().cloned().collect();
+        n.sort();
+        n
+    };
+    let vars = {
+        let data = map.data().lock().map_err(|_| "variables poisoned")?;
+        names.iter().map(|n| data[n].clone()).collect()
+    };
+    let mut opt = Sgd::new(vars);
+    let schedule = LrSchedule {
+        base: args.lr,
+        warmup_iters: args.warmup_iters,
+        steps,
+        ..LrSchedule::default()
+    };
+    let mut rng = a3d::rng::SplitMix64::new(args.seed ^ 0x7a11);
+    let log_path = args.out.join("log.jsonl");
+    let mut log =
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let bar = indicatif::ProgressBar::new((args.epochs * train.len()) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} it, {per_sec}, ETA {eta} {msg}",
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let mut iter = 0usize;
+    let mut best = f64::NEG_INFINITY;
+    for epoch in 0..args.epochs {
+        // A seeded shuffle per epoch.
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        for k in (1..order.len()).rev() {
+            order.swap(k, rng.below(k as u64 + 1) as usize);
+        }
+        let start = std::time::Instant::now();
+        for &i in &order {
+            let key = &train[i];
+            let (input, gts) = sample_of(&dl, key, args.slices, args.input_size)?;
+            let lr = schedule.rate(epoch, iter);
+            let losses = model
+                .losses(&input, &gts, Some(key.spacing[2]), &mut rng)
+                .map_err(|e| format!("{}: {e}", key.file_name))?;
+            let mut grads = losses.total.backward().map_err(|e| e.to_string())?;
+            let norm = clip_grad_norm(&mut grads, opt.vars(), 35.0).map_err(|e| e.to_string())?;
+            opt.step(&grads, lr).map_err(|e| e.to_string())?;
+            let v = |t: &candle_core::Tensor| t.to_scalar::<f32>().unwrap_or(f32::NAN);
+            let total = v(&losses.total);
+            if !total.is_finite() {
+                return Err(format!(
+                    "epoch {epoch}, iteration {iter} ({}): the loss is {total}",
+                    key.file_name
+                ));
+            }
+            let line = serde_json::json!({
+                "epoch": epoch, "iter": iter, "lr": lr, "image": key.file_name,
+                "loss": total, "loss_rpn_cls": v(&losses.rpn_cls), "loss_rpn_bbox": v(&losses.rpn_bbox),
+                "loss_cls": v(&losses.rcnn_cls), "loss_bbox": v(&losses.rcnn_bbox), "grad_norm": norm,
+            });
+            writeln!(log, "{line}").map_err(|e| format!("{}: {e}", log_path.display()))?;
+            bar.set_message(format!("epoch {epoch} loss {total:.3}"));
+            bar.inc(1);
+            iter += 1;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let ckpt = args.out.join(format!("epoch_{epoch:02}.safetensors"));
+        let tmp = ckpt.with_extension("tmp");
+        map.save(&tmp)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &ckpt).map_err(|e| format!("{}: {e}", ckpt.display()))?;
+        let momentum: std::collections::HashMap<String, candle_core::Tensor> = names
+            .iter()
+            .zip(opt.momentum_buffers())
+            .filter_map(|(n, b)| b.clone().map(|b| (n.clone(), b)))
+            .collect();
+        let opt_path = args.out.join(format!("optimizer_{epoch:02}.safetensors"));
+        let tmp = opt_path.with_extension("tmp");
+        candle_core::safetensors::save(&momentum, &tmp)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &opt_path).map_err(|e| format!("{}: {e}", opt_path.display()))?;
+        let (mean, s1, s4) = if val.is_empty() {
+            (f64::NAN, f64::NAN, f64::NAN)
+        } else {
+            validate(&model, &dl, &val, args.slices, args.input_size)?
+        };
+        let state = serde_json::json!({
+            "epoch": epoch, "iter": iter, "rng": rng.next_u64(), "preset": args.preset,
+            "fusion": args.fusion, "slices": args.slices, "val_mean_0.5_4": mean,
+            "val_sens_1": s1, "val_sens_4": s4,
+        });
+        write_atomic(&args.out.join("state.json"), state.to_string().as_bytes())?;
+        writeln!(log, "{}", serde_json::json!({"epoch": epoch, "val_mean_0.5_4": mean, "val_sens_1": s1, "val_sens_4": s4, "images_per_s": train.len() as f64 / secs}))
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        if mean > best || best == f64::NEG_INFINITY {
+            best = mean;
+            std::fs::copy(&ckpt, args.out.join("best.safetensors")).map_err(|e| e.to_string())?;
+        }
+        bar.println(format!(
+            "epoch {epoch}: {:.2} images/s, validation FROC mean(0.5-4) {mean:.4}, sens@1 {s1:.4}, sens@4 {s4:.4}",
+            train.len() as f64 / secs
+        ));
+    }
+    bar.finish_and_clear();
+    crate::say!(
+        "wrote {} (checkpoints, best.safetensors, log.jsonl)",
+        args.out.display()
+    );
+    Ok(())
+}
