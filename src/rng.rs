@@ -13,6 +13,12 @@ impl SplitMix64 {
         SplitMix64 { state: seed }
     }
 
+    /// The current state: `SplitMix64::new(g.state())` continues `g`'s sequence (to resume a
+    /// seeded run).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);

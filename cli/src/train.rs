@@ -3,7 +3,8 @@
 //! weight decay 1e-4 on every parameter), linear warm-up then step decay; after every epoch a
 //! checkpoint (weights, momentum buffers, schedule position and generator state) and the
 //! validation FROC, the best epoch kept as `best.safetensors`; a JSONL log of every iteration.
-//! Not yet: augmentation and `--resume`.
+//! `--resume DIR` continues a run from its last checkpoint exactly (weights, momentum, schedule
+//! position, generator). Not yet: augmentation.
 
 use a3d::candle::ContextFusion;
 use a3d_ct::deeplesion::{DeepLesion, KeySlice, Split, WeightRule};
@@ -56,6 +57,79 @@ pub struct TrainArgs {
     /// on small synthetic slices).
     #[arg(long, default_value_t = 512)]
     input_size: usize,
+    /// Continue the run in this folder (its `state.json` and last checkpoint) up to `--epochs`.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+/// Where a run resumes: the next epoch, the global iteration, the generator state and the best
+/// validation score so far.
+struct ResumePoint {
+    epoch: usize,
+    iter: usize,
+    rng: u64,
+    best: f64,
+}
+
+/// Loads `dir`'s state and last checkpoint into `map` and `opt`.
+fn resume(
+    dir: &Path,
+    args: &TrainArgs,
+    map: &candle_nn::VarMap,
+    names: &[String],
+    opt: &mut Sgd,
+) -> Result<ResumePoint, String> {
+    let state_path = dir.join("state.json");
+    let bad = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
+    let text = std::fs::read_to_string(&state_path).map_err(|e| bad(&state_path, &e))?;
+    let state: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&state_path, &e))?;
+    let field = |k: &str| {
+        state
+            .get(k)
+            .ok_or_else(|| bad(&state_path, &format!("no `{k}`")))
+    };
+    for (k, want) in [("preset", &args.preset), ("fusion", &args.fusion)] {
+        if field(k)?.as_str() != Some(want.as_str()) {
+            return Err(bad(
+                &state_path,
+                &format!("the run has {k} {}, not {want}", field(k)?),
+            ));
+        }
+    }
+    if field("slices")?.as_u64() != Some(args.slices as u64) {
+        return Err(bad(
+            &state_path,
+            &format!(
+                "the run has {} slices, not {}",
+                field("slices")?,
+                args.slices
+            ),
+        ));
+    }
+    let num = |k: &str| -> Result<u64, String> {
+        field(k)?
+            .as_u64()
+            .or_else(|| field(k).ok()?.as_str()?.parse().ok())
+            .ok_or_else(|| bad(&state_path, &format!("`{k}` is not a number")))
+    };
+    let epoch = num("epoch")? as usize;
+    let ckpt = dir.join(format!("epoch_{epoch:02}.safetensors"));
+    let mut map = map.clone();
+    map.load(&ckpt).map_err(|e| bad(&ckpt, &e))?;
+    let opt_path = dir.join(format!("optimizer_{epoch:02}.safetensors"));
+    let buffers =
+        candle_core::safetensors::load(&opt_path, &Device::Cpu).map_err(|e| bad(&opt_path, &e))?;
+    opt.set_momentum_buffers(names.iter().map(|n| buffers.get(n).cloned()).collect())
+        .map_err(|e| bad(&opt_path, &e))?;
+    Ok(ResumePoint {
+        epoch: epoch + 1,
+        iter: num("iter")? as usize,
+        rng: num("rng_state")?,
+        best: state
+            .get("best")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(f64::NEG_INFINITY),
+    })
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -171,19 +245,35 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
         ..LrSchedule::default()
     };
     let mut rng = a3d::rng::SplitMix64::new(args.seed ^ 0x7a11);
+    let mut iter = 0usize;
+    let mut best = f64::NEG_INFINITY;
+    let mut first_epoch = 0;
+    if let Some(dir) = &args.resume {
+        let point = resume(dir, args, &map, &names, &mut opt)?;
+        (first_epoch, iter, best) = (point.epoch, point.iter, point.best);
+        rng = a3d::rng::SplitMix64::new(point.rng);
+        crate::say!(
+            "resuming {} at epoch {first_epoch} (iteration {iter})",
+            dir.display()
+        );
+    }
     let log_path = args.out.join("log.jsonl");
-    let mut log =
-        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let bar = indicatif::ProgressBar::new((args.epochs * train.len()) as u64);
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(args.resume.is_some())
+        .write(true)
+        .truncate(args.resume.is_none())
+        .open(&log_path)
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let bar =
+        indicatif::ProgressBar::new((args.epochs.saturating_sub(first_epoch) * train.len()) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:30} {pos}/{len} it, {per_sec}, ETA {eta} {msg}",
         )
         .map_err(|e| e.to_string())?,
     );
-    let mut iter = 0usize;
-    let mut best = f64::NEG_INFINITY;
-    for epoch in 0..args.epochs {
+    for epoch in first_epoch..args.epochs {
         // A seeded shuffle per epoch.
         let mut order: Vec<usize> = (0..train.len()).collect();
         for k in (1..order.len()).rev() {
@@ -239,18 +329,19 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
         } else {
             validate(&model, &dl, &val, args.slices, args.input_size)?
         };
-        let state = serde_json::json!({
-            "epoch": epoch, "iter": iter, "rng": rng.next_u64(), "preset": args.preset,
-            "fusion": args.fusion, "slices": args.slices, "val_mean_0.5_4": mean,
-            "val_sens_1": s1, "val_sens_4": s4,
-        });
-        write_atomic(&args.out.join("state.json"), state.to_string().as_bytes())?;
-        writeln!(log, "{}", serde_json::json!({"epoch": epoch, "val_mean_0.5_4": mean, "val_sens_1": s1, "val_sens_4": s4, "images_per_s": train.len() as f64 / secs}))
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
         if mean > best || best == f64::NEG_INFINITY {
             best = mean;
             std::fs::copy(&ckpt, args.out.join("best.safetensors")).map_err(|e| e.to_string())?;
         }
+        // The generator's state as a string (JSON numbers lose u64 precision elsewhere).
+        let state = serde_json::json!({
+            "epoch": epoch, "iter": iter, "rng_state": rng.state().to_string(), "preset": args.preset,
+            "fusion": args.fusion, "slices": args.slices, "val_mean_0.5_4": mean,
+            "val_sens_1": s1, "val_sens_4": s4, "best": best,
+        });
+        write_atomic(&args.out.join("state.json"), state.to_string().as_bytes())?;
+        writeln!(log, "{}", serde_json::json!({"epoch": epoch, "val_mean_0.5_4": mean, "val_sens_1": s1, "val_sens_4": s4, "images_per_s": train.len() as f64 / secs}))
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
         bar.println(format!(
             "epoch {epoch}: {:.2} images/s, validation FROC mean(0.5-4) {mean:.4}, sens@1 {s1:.4}, sens@4 {s4:.4}",
             train.len() as f64 / secs

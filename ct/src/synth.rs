@@ -224,6 +224,21 @@ fn scan(root: &Path, config: &SynthConfig, i: usize) -> Result<(Vec<Lesion>, usi
             tube: false,
         });
     }
+    if blobs.is_empty() {
+        // A crowded (small) field: one small lesion left of the centre, whatever the spacing
+        // rules, so that every scan has a key slice.
+        let (radius, contrast) = (3.0, d.range(60.0, 140.0));
+        blobs.push(Blob {
+            x: cx - bx * 0.5,
+            y: cy,
+            z: 0.0,
+            radius,
+            contrast,
+            half_height_mm: radius * PIXEL_MM * d.range(0.6, 1.0),
+            drift: (0.0, 0.0),
+            tube: false,
+        });
+    }
     let n_tubes = d.count(config.distractors);
     let mut placed = 0;
     while placed < n_tubes && tries < 400 {
