@@ -4,7 +4,8 @@
 //! checkpoint (weights, momentum buffers, schedule position and generator state) and the
 //! validation FROC, the best epoch kept as `best.safetensors`; a JSONL log of every iteration.
 //! `--resume DIR` continues a run from its last checkpoint exactly (weights, momentum, schedule
-//! position, generator). Not yet: augmentation.
+//! position, generator). Augmentation: the horizontal flip (`--flip`); not yet the
+//! shift-scale-rotate.
 
 use a3d::candle::ContextFusion;
 use a3d_ct::deeplesion::{DeepLesion, KeySlice, Split, WeightRule};
@@ -57,6 +58,9 @@ pub struct TrainArgs {
     /// on small synthetic slices).
     #[arg(long, default_value_t = 512)]
     input_size: usize,
+    /// Probability of the horizontal flip augmentation (the reference: 0.5).
+    #[arg(long, default_value_t = 0.5)]
+    flip: f64,
     /// Continue the run in this folder (its `state.json` and last checkpoint) up to `--epochs`.
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -155,6 +159,20 @@ fn sample_of(
     let input = NetworkInput::build(&slices, &config, None).map_err(|e| e.to_string())?;
     let gts = key.boxes.iter().map(|b| input.to_network(*b)).collect();
     Ok((input, gts))
+}
+
+/// The reference's RandomFlip: the resized image mirrored left-right (padding stays on the
+/// right) and boxes `x1' = W - x2 - 1`, `x2' = W - x1 - 1`.
+fn flip(input: &mut NetworkInput, gts: &mut [[f32; 4]]) {
+    let (w, pw) = (input.width, input.padded_width);
+    for row in input.data.chunks_exact_mut(pw) {
+        row[..w].reverse();
+    }
+    for b in gts.iter_mut() {
+        let (x1, x2) = (b[0], b[2]);
+        b[0] = w as f32 - x2 - 1.0;
+        b[2] = w as f32 - x1 - 1.0;
+    }
 }
 
 /// The validation FROC: (mean sensitivity at 0.5-4 FP per image, sensitivity at 1 and 4).
@@ -282,7 +300,10 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
         let start = std::time::Instant::now();
         for &i in &order {
             let key = &train[i];
-            let (input, gts) = sample_of(&dl, key, args.slices, args.input_size)?;
+            let (mut input, mut gts) = sample_of(&dl, key, args.slices, args.input_size)?;
+            if rng.next_f64() < args.flip {
+                flip(&mut input, &mut gts);
+            }
             let lr = schedule.rate(epoch, iter);
             let losses = model
                 .losses(&input, &gts, Some(key.spacing[2]), &mut rng)
@@ -353,4 +374,37 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
         args.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flip_mirrors_the_image_and_the_boxes() {
+        // 2 slices of 3 x 5 in a 3 x 8 padded buffer.
+        let mut data = vec![0.0f32; 2 * 3 * 8];
+        for (i, v) in data.iter_mut().enumerate() {
+            if i % 8 < 5 {
+                *v = i as f32;
+            }
+        }
+        let mut input = NetworkInput {
+            data: data.clone(),
+            depth: 2,
+            height: 3,
+            width: 5,
+            padded_height: 3,
+            padded_width: 8,
+            scale: 1.0,
+            original: (3, 5),
+        };
+        let mut boxes = [[0.0f32, 0.0, 1.0, 2.0]];
+        flip(&mut input, &mut boxes);
+        assert_eq!(boxes[0], [3.0, 0.0, 4.0, 2.0]);
+        assert_eq!(&input.data[..8], &[4.0, 3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        flip(&mut input, &mut boxes);
+        assert_eq!(input.data, data);
+        assert_eq!(boxes[0], [0.0, 0.0, 1.0, 2.0]);
+    }
 }
