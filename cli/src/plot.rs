@@ -102,3 +102,83 @@ pub fn froc_png(path: &Path, title: &str, curves: &[(&str, &Froc)]) -> Result<()
     }
     std::fs::rename(&tmp, path).map_err(|e| err(&e))
 }
+
+/// The training loss per iteration (a moving mean over 20 iterations, and the raw values faint)
+/// and the validation FROC mean per epoch on a second axis.
+pub fn training_png(
+    path: &Path,
+    losses: &[(f64, f64)],
+    validation: &[(f64, f64)],
+) -> Result<(), String> {
+    register_font()?;
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let tmp = path.with_extension("tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (720, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let x_max = losses.iter().map(|p| p.0).fold(1.0, f64::max);
+        let y_max = losses
+            .iter()
+            .map(|p| p.1)
+            .filter(|v| v.is_finite())
+            .fold(0.1, f64::max);
+        let mut chart = ChartBuilder::on(&root)
+            .caption("training", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(54)
+            .right_y_label_area_size(54)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max * 1.05)
+            .map_err(|e| err(&e))?
+            .set_secondary_coord(0f64..x_max, 0f64..1f64);
+        chart
+            .configure_mesh()
+            .x_desc("iteration")
+            .y_desc("loss")
+            .draw()
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_secondary_axes()
+            .y_desc("validation FROC mean 0.5-4")
+            .draw()
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                losses.iter().copied(),
+                RGBColor(180, 180, 230),
+            ))
+            .map_err(|e| err(&e))?;
+        let smooth: Vec<(f64, f64)> = (0..losses.len())
+            .map(|i| {
+                let lo = i.saturating_sub(19);
+                let w = &losses[lo..=i];
+                (
+                    losses[i].0,
+                    w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64,
+                )
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(smooth, BLUE.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label("loss (mean of 20)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        chart
+            .draw_secondary_series(LineSeries::new(
+                validation.iter().copied(),
+                RED.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label("validation FROC")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE)
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| err(&e))
+}

@@ -2,7 +2,8 @@
 //! iteration: the losses of `Detector::losses`, gradient clipping at 35, SGD (momentum 0.9,
 //! weight decay 1e-4 on every parameter), linear warm-up then step decay; after every epoch a
 //! checkpoint (weights, momentum buffers, schedule position and generator state) and the
-//! validation FROC, the best epoch kept as `best.safetensors`; a JSONL log of every iteration.
+//! validation FROC, the best epoch kept as `best.safetensors`; a JSONL log of every iteration and
+//! `training.png` (loss and validation FROC).
 //! `--resume DIR` continues a run from its last checkpoint exactly (weights, momentum, schedule
 //! position, generator). Augmentation: the horizontal flip (`--flip`); not yet the
 //! shift-scale-rotate.
@@ -173,6 +174,26 @@ fn flip(input: &mut NetworkInput, gts: &mut [[f32; 4]]) {
         b[0] = w as f32 - x2 - 1.0;
         b[2] = w as f32 - x1 - 1.0;
     }
+}
+
+/// `training.png` from `log.jsonl`: every iteration's loss and every epoch's validation FROC
+/// (at the iteration the epoch ended).
+fn plot_log(log: &Path, out: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let (mut losses, mut validation) = (Vec::new(), Vec::new());
+    let mut last_iter = 0.0;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(i), Some(l)) = (v["iter"].as_f64(), v["loss"].as_f64()) {
+            losses.push((i, l));
+            last_iter = i;
+        } else if let Some(m) = v["val_mean_0.5_4"].as_f64() {
+            validation.push((last_iter, m));
+        }
+    }
+    crate::plot::training_png(out, &losses, &validation)
 }
 
 /// The validation FROC: (mean sensitivity at 0.5-4 FP per image, sensitivity at 1 and 4).
@@ -363,6 +384,10 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
         write_atomic(&args.out.join("state.json"), state.to_string().as_bytes())?;
         writeln!(log, "{}", serde_json::json!({"epoch": epoch, "val_mean_0.5_4": mean, "val_sens_1": s1, "val_sens_4": s4, "images_per_s": train.len() as f64 / secs}))
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        // The loss and validation plot of the whole log so far (a missing font only warns).
+        if let Err(e) = plot_log(&log_path, &args.out.join("training.png")) {
+            bar.println(format!("training.png not drawn: {e}"));
+        }
         bar.println(format!(
             "epoch {epoch}: {:.2} images/s, validation FROC mean(0.5-4) {mean:.4}, sens@1 {s1:.4}, sens@4 {s4:.4}",
             train.len() as f64 / secs
