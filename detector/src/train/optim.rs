@@ -58,12 +58,15 @@ impl Sgd {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let d = (g + (var.as_tensor() * self.weight_decay)?)?;
+            // Detached: arithmetic on a variable records an autograd node, and a buffer that
+            // kept one would chain every earlier step's tensors (memory growing per iteration).
+            let p = var.as_tensor().detach();
+            let d = (g.detach() + (&p * self.weight_decay)?)?;
             let b = match buf.take() {
                 None => d,
                 Some(prev) => ((prev * self.momentum)? + d)?,
             };
-            var.set(&(var.as_tensor() - (&b * lr)?)?)?;
+            var.set(&(p - (&b * lr)?)?)?;
             *buf = Some(b);
         }
         Ok(())
@@ -125,6 +128,21 @@ mod tests {
                 "{got:?} vs {expect:?}"
             );
         }
+    }
+
+    #[test]
+    fn buffers_hold_no_autograd_graph() {
+        let p = Var::new(&[0.5f32, -1.5, 2.0], &Device::Cpu).unwrap();
+        let mut opt = Sgd::new(vec![p.clone()]);
+        for _ in 0..3 {
+            let loss = p.as_tensor().sqr().unwrap().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap(), 0.01).unwrap();
+        }
+        let buf = opt.momentum_buffers()[0].as_ref().unwrap();
+        assert!(
+            !buf.track_op(),
+            "a momentum buffer records the steps that made it"
+        );
     }
 
     #[test]
