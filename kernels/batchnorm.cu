@@ -52,7 +52,7 @@ __device__ __forceinline__ void bn_stats_partial(const T* __restrict__ x,
         sum[threadIdx.x] = s;
         sq[threadIdx.x] = q;
         __syncthreads();
-        for (int half = kBnBlock / 2; half > 0; half /= 2) {
+        for (unsigned half = kBnBlock / 2; half > 0; half /= 2) {
             if (threadIdx.x < half) {
                 sum[threadIdx.x] += sum[threadIdx.x + half];
                 sq[threadIdx.x] += sq[threadIdx.x + half];

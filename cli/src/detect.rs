@@ -3,7 +3,7 @@
 
 use a3d::candle::ContextFusion;
 use a3d_ct::deeplesion::{DeepLesion, MultiSlice, WeightRule};
-use a3d_ct::network::{window, InputConfig, NetworkInput};
+use a3d_ct::network::{InputConfig, NetworkInput};
 use a3d_ct::{Limits, Volume};
 use a3d_detector::{Detector, DetectorConfig, Preset};
 use candle_core::Device;
@@ -47,6 +47,10 @@ pub struct DetectArgs {
     /// Write a PNG per slice (windowed, boxes drawn) into this folder.
     #[arg(long)]
     overlay: Option<PathBuf>,
+    /// The keep-ratio resize target of the input (the reference: 512; a model trained with
+    /// `a3d train --input-size N` needs the same N, which its `model.json` records).
+    #[arg(long, default_value_t = 512)]
+    input_size: usize,
     /// Drop boxes scoring at or below this (the reference: 5e-5).
     #[arg(long)]
     score_threshold: Option<f32>,
@@ -186,6 +190,13 @@ pub fn run(args: &DetectArgs) -> Result<(), String> {
         }
         (None, None) => return Err("--weights or --init-seed is required".into()),
     };
+    if !(32..=4096).contains(&args.input_size) {
+        return Err(format!("--input-size {}: 32 to 4096", args.input_size));
+    }
+    let input_config = InputConfig {
+        size: args.input_size,
+        ..InputConfig::default()
+    };
     let (items, _) = items(args, args.slices)?;
     let bar = indicatif::ProgressBar::new(items.len() as u64);
     bar.set_style(
@@ -203,8 +214,8 @@ pub fn run(args: &DetectArgs) -> Result<(), String> {
     let mut results = Vec::new();
     let start = std::time::Instant::now();
     for (i, item) in items.iter().enumerate() {
-        let input = NetworkInput::build(&item.slices, &InputConfig::default(), None)
-            .map_err(|e| e.to_string())?;
+        let input =
+            NetworkInput::build(&item.slices, &input_config, None).map_err(|e| e.to_string())?;
         let dets = model
             .detect(&input, item.thickness_mm)
             .map_err(|e| format!("{}: {e}", item.name))?;
@@ -215,10 +226,14 @@ pub fn run(args: &DetectArgs) -> Result<(), String> {
         }
         let boxes: Vec<[f32; 4]> = dets.boxes.iter().map(|b| input.to_original(*b)).collect();
         if let Some(dir) = &args.overlay {
-            overlay(
+            let drawn: Vec<_> = boxes
+                .iter()
+                .map(|b| (*b, crate::overlay::DETECTION))
+                .collect();
+            crate::overlay::overlay_png(
                 &dir.join(format!("slice_{:04}.png", item.index)),
                 &item.slices,
-                &boxes,
+                &drawn,
             )?;
         }
         results.push(serde_json::json!({
@@ -276,46 +291,4 @@ fn dump(
     candle_core::safetensors::save(&tensors, &tmp)
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The centre slice windowed to grey with the boxes drawn in red.
-fn overlay(path: &Path, ms: &MultiSlice, boxes: &[[f32; 4]]) -> Result<(), String> {
-    let (w, h) = (ms.width, ms.height);
-    let centre = &ms.hu[(ms.depth / 2) * w * h..(ms.depth / 2 + 1) * w * h];
-    let mut rgb: Vec<u8> = centre
-        .iter()
-        .flat_map(|&v| {
-            let g = (window(v) + 50.0).round().clamp(0.0, 255.0) as u8;
-            [g, g, g]
-        })
-        .collect();
-    let mut dot = |x: usize, y: usize| {
-        if x < w && y < h {
-            rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&[255, 40, 40]);
-        }
-    };
-    for b in boxes {
-        let c = |v: f32, m: usize| (v.round().max(0.0) as usize).min(m - 1);
-        let (x1, y1, x2, y2) = (c(b[0], w), c(b[1], h), c(b[2], w), c(b[3], h));
-        for x in x1..=x2 {
-            dot(x, y1);
-            dot(x, y2);
-        }
-        for y in y1..=y2 {
-            dot(x1, y);
-            dot(x2, y);
-        }
-    }
-    let tmp = path.with_extension("tmp");
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    {
-        let file = std::fs::File::create(&tmp).map_err(|e| err(&e))?;
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().map_err(|e| err(&e))?;
-        wr.write_image_data(&rgb).map_err(|e| err(&e))?;
-        wr.finish().map_err(|e| err(&e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| err(&e))
 }

@@ -2,7 +2,7 @@
 //! slice interval <= 2 mm and > 2 mm (the reference's validation subsets) and each coarse
 //! lesion type, as tables or one JSON object per subset.
 
-use a3d_ct::deeplesion::{read_dl_info, Split};
+use a3d_ct::deeplesion::{read_dl_info, Lesion as DlLesion, Split};
 use a3d_detector::froc::{froc, Detection, Froc, Lesion, FP_RATES};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -120,6 +120,32 @@ pub fn run(args: &EvalArgs) -> Result<(), String> {
         ));
     }
     let detections = read_detections(&args.detections)?;
+    check_images(
+        &rows,
+        &detections,
+        &args.detections,
+        &args.split,
+        &args.annotations,
+    )?;
+    let curves = report(&rows, &detections, &args.split, args.json);
+    if let Some(path) = &args.plot {
+        let refs: Vec<(&str, &Froc)> = curves.iter().map(|(n, f)| (n.as_str(), f)).collect();
+        crate::plot::froc_png(path, &format!("FROC, {} split", args.split), &refs)?;
+        if !args.json {
+            crate::say!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Refuses detections on images that are not key slices of the split.
+fn check_images(
+    rows: &[DlLesion],
+    detections: &[Detection],
+    path: &Path,
+    split: &str,
+    annotations: &Path,
+) -> Result<(), String> {
     let images: BTreeSet<&str> = rows.iter().map(|l| l.file_name.as_str()).collect();
     let foreign: Vec<&Detection> = detections
         .iter()
@@ -127,16 +153,27 @@ pub fn run(args: &EvalArgs) -> Result<(), String> {
         .collect();
     if let Some(first) = foreign.first() {
         return Err(format!(
-            "{}: {} detection(s) on images that are not key slices of the {} split of {} (the first: {})",
-            args.detections.display(),
+            "{}: {} detection(s) on images that are not key slices of the {split} split of {} (the first: {})",
+            path.display(),
             foreign.len(),
-            args.split,
-            args.annotations.display(),
+            annotations.display(),
             first.image
         ));
     }
+    Ok(())
+}
+
+/// Prints the FROC of every subset of `rows` (one split's lesions) as a table or JSON lines;
+/// returns the curves of all lesions and the slice-interval subsets (for the plot).
+pub(crate) fn report(
+    rows: &[DlLesion],
+    detections: &[Detection],
+    split: &str,
+    json: bool,
+) -> Vec<(String, Froc)> {
+    let images: BTreeSet<&str> = rows.iter().map(|l| l.file_name.as_str()).collect();
     // Subsets: (name, which images, which lesions count).
-    let interval = |l: &a3d_ct::deeplesion::Lesion| l.spacing[2];
+    let interval = |l: &DlLesion| l.spacing[2];
     let mut subsets: Vec<Subset> = vec![
         ("all".into(), Box::new(|_| true), false),
         (
@@ -162,10 +199,10 @@ pub fn run(args: &EvalArgs) -> Result<(), String> {
             true,
         ));
     }
-    if !args.json {
+    if !json {
         crate::say!(
             "FROC on the {} split: {} images, {} lesions, {} detections",
-            args.split,
+            split,
             images.len(),
             rows.len(),
             detections.len()
@@ -190,7 +227,7 @@ pub fn run(args: &EvalArgs) -> Result<(), String> {
         // count only that type's lesions (the others still absorb the detections that find
         // them).
         let mut lesions: BTreeMap<String, Vec<Lesion>> = BTreeMap::new();
-        for l in &rows {
+        for l in rows {
             if !per_lesion && !select(l) {
                 continue;
             }
@@ -211,19 +248,12 @@ pub fn run(args: &EvalArgs) -> Result<(), String> {
             continue;
         }
         let f = froc(&lesions, &dets);
-        print_subset(name, &f, args.json);
+        print_subset(name, &f, json);
         if !per_lesion {
             curves.push((name.clone(), f));
         }
     }
-    if let Some(path) = &args.plot {
-        let refs: Vec<(&str, &Froc)> = curves.iter().map(|(n, f)| (n.as_str(), f)).collect();
-        crate::plot::froc_png(path, &format!("FROC, {} split", args.split), &refs)?;
-        if !args.json {
-            crate::say!("wrote {}", path.display());
-        }
-    }
-    Ok(())
+    curves
 }
 
 fn print_subset(name: &str, f: &Froc, json: bool) {

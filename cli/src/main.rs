@@ -13,10 +13,12 @@ mod bench_context;
 mod bench_dense_layer;
 mod bench_detection;
 mod bench_detector;
+mod demo;
 mod detect;
 mod eval;
 mod inspect;
 mod inspect_dicom;
+mod overlay;
 mod plot;
 mod train;
 
@@ -41,7 +43,7 @@ use std::process::ExitCode;
 #[command(
     name = "a3d",
     version,
-    about = "A3D depth fusion: benchmarks and self-tests"
+    about = "A3D 3D context fusion for CT: demo, lesion detection, training, evaluation, benchmarks and self-tests"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,14 +52,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Synthesise CT scans whose lesions need 3D context, train the tiny A3D detector on them,
+    /// and evaluate it on the held-out scans: FROC table, overlays and plots, in minutes on a CPU
+    /// (`--compare`: every context operator, one table).
+    Demo(demo::DemoArgs),
     /// Detect lesions with the A3D detector in a DeepLesion key slice, a NIfTI volume or a
     /// DICOM series; boxes in original pixels as JSON.
     Detect(detect::DetectArgs),
     /// DeepLesion FROC of a detections file (`a3d detect` JSON or CSV) against DL_info.csv:
     /// sensitivity at 0.5-16 FP per image for all lesions, by slice interval and by type.
     Eval(eval::EvalArgs),
-    /// Train the detector on a DeepLesion-format folder with the reference recipe (no
-    /// augmentation or resume yet): checkpoints, validation FROC and a JSONL log per epoch.
+    /// Train the detector on a DeepLesion-format folder with the reference recipe (its
+    /// augmentation, schedule and optimiser): checkpoints, validation FROC and a log per epoch;
+    /// `--resume` continues a run exactly.
     Train(train::TrainArgs),
     /// Write a synthetic DeepLesion-format dataset whose lesions need 3D context (compact blobs
     /// among vessel-like tubes of the same in-plane look), seeded and reproducible.
@@ -74,6 +81,10 @@ enum Command {
         /// Seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Distractor tubes per scan, `MIN:MAX` (`0:0` gives a control set that a 2D model can
+        /// solve).
+        #[arg(long, default_value = "3:6")]
+        distractors: String,
     },
     /// Time an operator against a copy of the same bytes measured in the same run.
     Bench(BenchArgs),
@@ -281,11 +292,21 @@ fn main() -> ExitCode {
             scans,
             size,
             seed,
+            distractors,
         } => {
+            let Some(distractors) = distractors
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .filter(|(a, b): &(usize, usize)| a <= b && *b <= 64)
+            else {
+                eprintln!("a3d synth: --distractors {distractors}: MIN:MAX, at most 64");
+                return ExitCode::from(2);
+            };
             let config = a3d_ct::synth::SynthConfig {
                 seed,
                 scans,
                 size,
+                distractors,
                 ..a3d_ct::synth::SynthConfig::default()
             };
             match a3d_ct::synth::synthesize(&out, &config) {
@@ -307,8 +328,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Train(args) => match train::run(&args) {
+        Command::Demo(args) => match demo::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("a3d demo: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Train(args) => match train::run(&args) {
+            Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("a3d train: {e}");
                 ExitCode::from(2)

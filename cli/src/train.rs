@@ -5,15 +5,15 @@
 //! validation FROC, the best epoch kept as `best.safetensors`; a JSONL log of every iteration and
 //! `training.png` (loss and validation FROC).
 //! `--resume DIR` continues a run from its last checkpoint exactly (weights, momentum, schedule
-//! position, generator). Augmentation: the horizontal flip (`--flip`); not yet the
-//! shift-scale-rotate.
+//! position, generator). Augmentation as the reference: shift-scale-rotate, then the horizontal
+//! flip (`a3d_detector::train::{ShiftScaleRotate, flip_horizontal}`).
 
 use a3d::candle::ContextFusion;
 use a3d_ct::deeplesion::{DeepLesion, KeySlice, Split, WeightRule};
 use a3d_ct::network::{InputConfig, NetworkInput};
 use a3d_ct::Limits;
 use a3d_detector::froc::{froc, Detection, Lesion};
-use a3d_detector::train::{clip_grad_norm, LrSchedule, Sgd};
+use a3d_detector::train::{clip_grad_norm, flip_horizontal, LrSchedule, Sgd, ShiftScaleRotate};
 use a3d_detector::{Detector, DetectorConfig, Preset};
 use candle_core::Device;
 use std::collections::BTreeMap;
@@ -24,47 +24,59 @@ use std::path::{Path, PathBuf};
 pub struct TrainArgs {
     /// A DeepLesion-format root (`Images_png/`, `DL_info.csv`), e.g. from `a3d synth`.
     #[arg(long)]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     /// Model sizes.
     #[arg(long, default_value = "tiny", value_parser = ["reference", "tiny"])]
-    preset: String,
+    pub(crate) preset: String,
     /// Context operator of the dense layers.
     #[arg(long, default_value = "a3d", value_parser = ["a3d", "tsm", "alignshift", "depthconv", "none"])]
-    fusion: String,
+    pub(crate) fusion: String,
     /// Slices of the input (odd).
     #[arg(long, default_value_t = 3)]
-    slices: usize,
+    pub(crate) slices: usize,
     /// Where checkpoints and the log go (created).
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Epochs.
     #[arg(long, default_value_t = 20)]
-    epochs: usize,
+    pub(crate) epochs: usize,
     /// Base learning rate (the reference: 0.02).
     #[arg(long, default_value_t = 0.02)]
-    lr: f64,
+    pub(crate) lr: f64,
     /// Warm-up iterations (the reference: 500).
     #[arg(long, default_value_t = 500)]
-    warmup_iters: usize,
+    pub(crate) warmup_iters: usize,
     /// Epochs (0-based) at which the rate drops 10x (the reference: 9,16).
     #[arg(long, default_value = "9,16")]
-    steps: String,
+    pub(crate) steps: String,
     /// Seed of the initialisation, the shuffling and the samplers.
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Initialise from an ImageNet DenseNet-121 (safetensors, torchvision names).
     #[arg(long)]
-    imagenet: Option<PathBuf>,
+    pub(crate) imagenet: Option<PathBuf>,
     /// The keep-ratio resize target of the inputs (the reference: 512; smaller trains faster
     /// on small synthetic slices).
     #[arg(long, default_value_t = 512)]
-    input_size: usize,
+    pub(crate) input_size: usize,
     /// Probability of the horizontal flip augmentation (the reference: 0.5).
     #[arg(long, default_value_t = 0.5)]
-    flip: f64,
+    pub(crate) flip: f64,
+    /// Probability of the shift-scale-rotate augmentation (the reference: 0.8; 0 turns it off).
+    #[arg(long, default_value_t = 0.8)]
+    pub(crate) ssr: f64,
+    /// Its largest shift, a fraction of the width and height (the reference: 0.04).
+    #[arg(long, default_value_t = 0.04)]
+    pub(crate) shift: f64,
+    /// Its scale range `1 ± scale` (the reference: 0.2).
+    #[arg(long, default_value_t = 0.2)]
+    pub(crate) scale: f64,
+    /// Its largest rotation in degrees (the reference: 15).
+    #[arg(long, default_value_t = 15.0)]
+    pub(crate) rotate: f64,
     /// Continue the run in this folder (its `state.json` and last checkpoint) up to `--epochs`.
     #[arg(long)]
-    resume: Option<PathBuf>,
+    pub(crate) resume: Option<PathBuf>,
 }
 
 /// Where a run resumes: the next epoch, the global iteration, the generator state and the best
@@ -137,7 +149,7 @@ fn resume(
     })
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
@@ -162,20 +174,6 @@ fn sample_of(
     Ok((input, gts))
 }
 
-/// The reference's RandomFlip: the resized image mirrored left-right (padding stays on the
-/// right) and boxes `x1' = W - x2 - 1`, `x2' = W - x1 - 1`.
-fn flip(input: &mut NetworkInput, gts: &mut [[f32; 4]]) {
-    let (w, pw) = (input.width, input.padded_width);
-    for row in input.data.chunks_exact_mut(pw) {
-        row[..w].reverse();
-    }
-    for b in gts.iter_mut() {
-        let (x1, x2) = (b[0], b[2]);
-        b[0] = w as f32 - x2 - 1.0;
-        b[2] = w as f32 - x1 - 1.0;
-    }
-}
-
 /// `training.png` from `log.jsonl`: every iteration's loss and every epoch's validation FROC
 /// (at the iteration the epoch ended).
 fn plot_log(log: &Path, out: &Path) -> Result<(), String> {
@@ -196,15 +194,18 @@ fn plot_log(log: &Path, out: &Path) -> Result<(), String> {
     crate::plot::training_png(out, &losses, &validation)
 }
 
-/// The validation FROC: (mean sensitivity at 0.5-4 FP per image, sensitivity at 1 and 4).
-fn validate(
+/// Every image's lesions, by key-slice file name.
+pub(crate) type LesionsByImage = BTreeMap<String, Vec<Lesion>>;
+
+/// Detections (original pixels) of `model` on `keys`, and their lesions, for the FROC.
+pub(crate) fn detect_keys(
     model: &Detector,
     dl: &DeepLesion,
     keys: &[KeySlice],
     depth: usize,
     size: usize,
-) -> Result<(f64, f64, f64), String> {
-    let mut lesions: BTreeMap<String, Vec<Lesion>> = BTreeMap::new();
+) -> Result<(LesionsByImage, Vec<Detection>), String> {
+    let mut lesions = LesionsByImage::new();
     let mut dets = Vec::new();
     for key in keys {
         let (input, _) = sample_of(dl, key, depth, size)?;
@@ -229,11 +230,31 @@ fn validate(
                 .collect(),
         );
     }
+    Ok((lesions, dets))
+}
+
+/// The validation FROC: (mean sensitivity at 0.5-4 FP per image, sensitivity at 1 and 4).
+fn validate(
+    model: &Detector,
+    dl: &DeepLesion,
+    keys: &[KeySlice],
+    depth: usize,
+    size: usize,
+) -> Result<(f64, f64, f64), String> {
+    let (lesions, dets) = detect_keys(model, dl, keys, depth, size)?;
     let f = froc(&lesions, &dets);
     Ok((f.mean_first_four(), f.sensitivity[1], f.sensitivity[3]))
 }
 
-pub fn run(args: &TrainArgs) -> Result<(), String> {
+/// What a finished run reports.
+pub(crate) struct TrainSummary {
+    /// The checkpoint of the best validation epoch (the last one without a validation split).
+    pub best: PathBuf,
+    /// Training images per second over the epochs run here.
+    pub images_per_s: f64,
+}
+
+pub fn run(args: &TrainArgs) -> Result<TrainSummary, String> {
     if args.slices.is_multiple_of(2) {
         return Err(format!("--slices {}: needs an odd number", args.slices));
     }
@@ -283,6 +304,27 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
         steps,
         ..LrSchedule::default()
     };
+    let ssr = ShiftScaleRotate {
+        p: args.ssr,
+        shift: args.shift,
+        scale: args.scale,
+        rotate_deg: args.rotate,
+    };
+    for (flag, v, ok) in [
+        ("--ssr", args.ssr, (0.0..=1.0).contains(&args.ssr)),
+        ("--flip", args.flip, (0.0..=1.0).contains(&args.flip)),
+        ("--shift", args.shift, (0.0..0.5).contains(&args.shift)),
+        ("--scale", args.scale, (0.0..1.0).contains(&args.scale)),
+        (
+            "--rotate",
+            args.rotate,
+            (0.0..=180.0).contains(&args.rotate),
+        ),
+    ] {
+        if !ok {
+            return Err(format!("{flag} {v}: out of range"));
+        }
+    }
     let mut rng = a3d::rng::SplitMix64::new(args.seed ^ 0x7a11);
     let mut iter = 0usize;
     let mut best = f64::NEG_INFINITY;
@@ -312,6 +354,16 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?,
     );
+    write_atomic(
+        &args.out.join("model.json"),
+        serde_json::json!({
+            "preset": args.preset, "fusion": args.fusion, "slices": args.slices,
+            "input_size": args.input_size,
+        })
+        .to_string()
+        .as_bytes(),
+    )?;
+    let (mut images, mut seconds) = (0usize, 0.0f64);
     for epoch in first_epoch..args.epochs {
         // A seeded shuffle per epoch.
         let mut order: Vec<usize> = (0..train.len()).collect();
@@ -322,8 +374,11 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
         for &i in &order {
             let key = &train[i];
             let (mut input, mut gts) = sample_of(&dl, key, args.slices, args.input_size)?;
+            if let Some(warp) = ssr.draw(&mut rng) {
+                warp.apply(&mut input, &mut gts);
+            }
             if rng.next_f64() < args.flip {
-                flip(&mut input, &mut gts);
+                flip_horizontal(&mut input, &mut gts);
             }
             let lr = schedule.rate(epoch, iter);
             let losses = model
@@ -351,6 +406,7 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
             iter += 1;
         }
         let secs = start.elapsed().as_secs_f64();
+        (images, seconds) = (images + train.len(), seconds + secs);
         let ckpt = args.out.join(format!("epoch_{epoch:02}.safetensors"));
         let tmp = ckpt.with_extension("tmp");
         map.save(&tmp)
@@ -371,7 +427,7 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
         } else {
             validate(&model, &dl, &val, args.slices, args.input_size)?
         };
-        if mean > best || best == f64::NEG_INFINITY {
+        if val.is_empty() || mean > best || best == f64::NEG_INFINITY {
             best = mean;
             std::fs::copy(&ckpt, args.out.join("best.safetensors")).map_err(|e| e.to_string())?;
         }
@@ -395,41 +451,11 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
     }
     bar.finish_and_clear();
     crate::say!(
-        "wrote {} (checkpoints, best.safetensors, log.jsonl)",
+        "wrote {} (checkpoints, best.safetensors, log.jsonl, training.png)",
         args.out.display()
     );
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flip_mirrors_the_image_and_the_boxes() {
-        // 2 slices of 3 x 5 in a 3 x 8 padded buffer.
-        let mut data = vec![0.0f32; 2 * 3 * 8];
-        for (i, v) in data.iter_mut().enumerate() {
-            if i % 8 < 5 {
-                *v = i as f32;
-            }
-        }
-        let mut input = NetworkInput {
-            data: data.clone(),
-            depth: 2,
-            height: 3,
-            width: 5,
-            padded_height: 3,
-            padded_width: 8,
-            scale: 1.0,
-            original: (3, 5),
-        };
-        let mut boxes = [[0.0f32, 0.0, 1.0, 2.0]];
-        flip(&mut input, &mut boxes);
-        assert_eq!(boxes[0], [3.0, 0.0, 4.0, 2.0]);
-        assert_eq!(&input.data[..8], &[4.0, 3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
-        flip(&mut input, &mut boxes);
-        assert_eq!(input.data, data);
-        assert_eq!(boxes[0], [0.0, 0.0, 1.0, 2.0]);
-    }
+    Ok(TrainSummary {
+        best: args.out.join("best.safetensors"),
+        images_per_s: images as f64 / seconds.max(1e-9),
+    })
 }

@@ -617,3 +617,88 @@ fn resumed_training_matches_an_uninterrupted_run() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn demo_trains_evaluates_and_draws_then_reruns_in_its_own_folder_only() {
+    let dir = std::env::temp_dir().join(format!("a3d-cli-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = dir.join("demo");
+    let args = [
+        "demo",
+        "--out",
+        out.to_str().unwrap(),
+        "--scans",
+        "7",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--fusion",
+        "a3d,none",
+    ];
+    let o = Command::new(env!("CARGO_BIN_EXE_a3d"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("test-split FROC") && stdout.contains("mean 0.5-4"),
+        "{stdout}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("demo.json")).unwrap()).unwrap();
+    let test = summary["test"].as_array().unwrap();
+    assert_eq!(test.len(), 2);
+    for (row, fusion) in test.iter().zip(["a3d", "none"]) {
+        assert_eq!(row["fusion"], fusion);
+        assert!(row["lesions"].as_u64().unwrap() > 0);
+        let s1 = row["sensitivity"]["1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s1));
+        for f in [
+            "best.safetensors",
+            "training.png",
+            "test_detections.json",
+            "model.json",
+        ] {
+            assert!(out.join(fusion).join(f).is_file(), "{fusion}/{f}");
+        }
+        let overlays = std::fs::read_dir(out.join(fusion).join("overlays"))
+            .unwrap()
+            .count();
+        assert!(overlays > 0);
+    }
+    // The detections file is a3d eval's input as it stands.
+    let (code, err) = a3d(&[
+        "eval",
+        "--detections",
+        out.join("a3d/test_detections.json").to_str().unwrap(),
+        "--annotations",
+        out.join("data/DL_info.csv").to_str().unwrap(),
+        "--split",
+        "test",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    // A rerun replaces its own folder; a folder of something else is refused, untouched.
+    let (code, err) = a3d(&args);
+    assert_eq!(code, Some(0), "{err}");
+    let other = dir.join("mine");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "keep").unwrap();
+    let mut args2 = args;
+    let other_s = other.to_str().unwrap().to_string();
+    args2[2] = &other_s;
+    let (code, err) = a3d(&args2);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("demo.json") && err.contains("mine"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(other.join("notes.txt")).unwrap(),
+        "keep"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

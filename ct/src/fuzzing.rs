@@ -53,16 +53,21 @@ impl Target {
                     std::thread::current().id(),
                     if self == Target::Nifti { "nii" } else { "dcm" }
                 ));
-                std::fs::write(&path, bytes).is_ok()
-                    && if self == Target::Nifti {
-                        crate::nifti::read_nifti(&path, &limits).is_ok()
-                    } else {
-                        let options = crate::dicom::DicomOptions {
-                            series: None,
-                            limits,
-                        };
-                        crate::dicom::read_dicom(&path, &options).is_ok()
-                    }
+                if std::fs::write(&path, bytes).is_err() {
+                    return false;
+                }
+                let accepted = if self == Target::Nifti {
+                    crate::nifti::read_nifti(&path, &limits).is_ok()
+                } else {
+                    let options = crate::dicom::DicomOptions {
+                        series: None,
+                        limits,
+                    };
+                    crate::dicom::read_dicom(&path, &options).is_ok()
+                };
+                // Removed after each input, so campaigns leave nothing in the temp folder.
+                let _ = std::fs::remove_file(&path);
+                accepted
             }
         }
     }
