@@ -287,16 +287,10 @@ pub fn run(args: &TrainArgs) -> Result<TrainSummary, String> {
         None => Detector::init(config, args.seed, &device),
     }
     .map_err(|e| e.to_string())?;
-    let names: Vec<String> = {
-        let data = map.data().lock().map_err(|_| "variables poisoned")?;
-        let mut n: Vec<String> = data.keys().cloned().collect();
-        n.sort();
-        n
-    };
-    let vars = {
-        let data = map.data().lock().map_err(|_| "variables poisoned")?;
-        names.iter().map(|n| data[n].clone()).collect()
-    };
+    let (names, vars): (Vec<String>, Vec<_>) = a3d_detector::train::sorted_vars(&map)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .unzip();
     let mut opt = Sgd::new(vars);
     let schedule = LrSchedule {
         base: args.lr,

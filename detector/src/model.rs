@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::backbone::Backbone;
 use crate::config::DetectorConfig;
 use crate::heads::{rows4, BoxHead, Rpn};
-use crate::weights::{Seeded, SeededRef, Tracked, TrackedRef};
+use crate::weights::{Seeded, Shared, Tracked};
 use crate::{Error, Result};
 
 /// What one detection pass produced for one image.
@@ -58,11 +58,8 @@ impl Detector {
     /// gives the same weights on any machine.
     pub fn init(config: DetectorConfig, seed: u64, device: &Device) -> Result<(Detector, VarMap)> {
         let seeded = Arc::new(Seeded::new(seed));
-        let vb = VarBuilder::from_backend(
-            Box::new(SeededRef(seeded.clone())),
-            DType::F32,
-            device.clone(),
-        );
+        let vb =
+            VarBuilder::from_backend(Box::new(Shared(seeded.clone())), DType::F32, device.clone());
         let model = Detector::new(config, vb)?;
         Ok((model, seeded.map.clone()))
     }
@@ -88,36 +85,27 @@ impl Detector {
         // The model shares its variables with the map: setting a variable updates the model.
         let (model, map) = Detector::init(config, seed, device)?;
         let mut problems = Vec::new();
-        {
-            let data = map
-                .data()
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("variables poisoned".into()))?;
-            let mut names: Vec<&String> = data.keys().collect();
-            names.sort();
-            for name in names {
-                let from_imagenet = name.starts_with("backbone.conv0.")
-                    || name.starts_with("backbone.norm0.")
-                    || (name.starts_with("backbone.denseblock")
-                        || name.starts_with("backbone.transition"))
-                        && !name.ends_with("adaptive_align_weights")
-                        && !name.ends_with("depth_conv_weights");
-                if !from_imagenet {
-                    continue;
-                }
-                let var = &data[name];
-                match mapped.get(name.as_str()) {
-                    Some(t) if t.dims() == var.dims() => var.set(&t.to_dtype(var.dtype())?)?,
-                    Some(t) => problems.push(format!(
-                        "{name} is {:?} in the ImageNet file, the model needs {:?}",
-                        t.dims(),
-                        var.dims()
-                    )),
-                    None => problems.push(format!(
-                        "missing {name} (torchvision: features.{})",
-                        &name["backbone.".len()..]
-                    )),
-                }
+        for (name, var) in crate::train::sorted_vars(&map)? {
+            let from_imagenet = name.starts_with("backbone.conv0.")
+                || name.starts_with("backbone.norm0.")
+                || (name.starts_with("backbone.denseblock")
+                    || name.starts_with("backbone.transition"))
+                    && !name.ends_with("adaptive_align_weights")
+                    && !name.ends_with("depth_conv_weights");
+            if !from_imagenet {
+                continue;
+            }
+            match mapped.get(name.as_str()) {
+                Some(t) if t.dims() == var.dims() => var.set(&t.to_dtype(var.dtype())?)?,
+                Some(t) => problems.push(format!(
+                    "{name} is {:?} in the ImageNet file, the model needs {:?}",
+                    t.dims(),
+                    var.dims()
+                )),
+                None => problems.push(format!(
+                    "missing {name} (torchvision: features.{})",
+                    &name["backbone.".len()..]
+                )),
             }
         }
         if !problems.is_empty() {
@@ -147,7 +135,7 @@ impl Detector {
     ) -> Result<Detector> {
         let tracked = Arc::new(Tracked::new(tensors));
         let vb = VarBuilder::from_backend(
-            Box::new(TrackedRef(tracked.clone())),
+            Box::new(Shared(tracked.clone())),
             DType::F32,
             device.clone(),
         );

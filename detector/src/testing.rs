@@ -14,14 +14,7 @@ pub fn fixture_model(config: DetectorConfig, seed: u64) -> Result<(Detector, Var
     let (_, map) = Detector::init(config, seed, &Device::Cpu)?;
     let mut rng = a3d::rng::SplitMix64::new(seed ^ 0x5eed_f1c7);
     {
-        let data = map
-            .data()
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("variables poisoned".into()))?;
-        let mut names: Vec<&String> = data.keys().collect();
-        names.sort();
-        for name in names {
-            let var = &data[name];
+        for (name, var) in crate::train::sorted_vars(&map)? {
             let n = var.elem_count();
             let range = if name.ends_with("running_mean") {
                 Some((-0.2, 0.2))

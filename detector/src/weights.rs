@@ -111,10 +111,11 @@ impl SimpleBackend for Tracked {
     }
 }
 
-/// A handle on a shared [`Tracked`], for the VarBuilder (which owns its backend).
-pub(crate) struct TrackedRef(pub std::sync::Arc<Tracked>);
+/// A shared handle on a backend ([`Tracked`], [`Seeded`]): the VarBuilder owns its backend,
+/// and the model keeps another handle to ask afterwards what was requested.
+pub(crate) struct Shared<B>(pub std::sync::Arc<B>);
 
-impl SimpleBackend for TrackedRef {
+impl<B: SimpleBackend> SimpleBackend for Shared<B> {
     fn get(
         &self,
         s: Shape,
@@ -247,29 +248,5 @@ impl SimpleBackend for Seeded {
             .lock()
             .map(|d| d.contains_key(name))
             .unwrap_or(false)
-    }
-}
-
-/// A handle on a shared [`Seeded`].
-pub(crate) struct SeededRef(pub std::sync::Arc<Seeded>);
-
-impl SimpleBackend for SeededRef {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.0.get(s, name, h, dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.get_unchecked(name, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.contains_tensor(name)
     }
 }

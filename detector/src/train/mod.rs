@@ -13,6 +13,6 @@ mod step;
 pub use assign::{assign, sample, Assigner, Assignment, Sampled, Sampler};
 pub use augment::{flip_horizontal, ShiftScaleRotate, Warp};
 pub use loss::{bce_with_logits_sum, smooth_l1_sum, softmax_ce_sum};
-pub use optim::{clip_grad_norm, Sgd};
+pub use optim::{clip_grad_norm, sorted_vars, Sgd};
 pub use schedule::LrSchedule;
 pub use step::Losses;

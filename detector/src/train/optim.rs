@@ -3,6 +3,19 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
+use candle_nn::VarMap;
+
+/// The variables of `map` sorted by name: one order for the optimiser, its checkpoints and
+/// every walk over a model's parameters, whatever the map's hashing.
+pub fn sorted_vars(map: &VarMap) -> Result<Vec<(String, Var)>> {
+    let data = map
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("variables poisoned".into()))?;
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(vars)
+}
 
 /// SGD with momentum and weight decay on every variable (the reference has no per-parameter
 /// options: biases, norms and fusion weights decay too).

@@ -8,7 +8,7 @@ use candle_core::{DType, Result, Tensor};
 
 use super::{
     assign, bce_with_logits_sum, sample, smooth_l1_sum, softmax_ce_sum, Assigner, Assignment,
-    Sampler,
+    Sampled, Sampler,
 };
 use crate::heads::rows4;
 use crate::Detector;
@@ -83,12 +83,7 @@ impl Detector {
         let s = sample(&Sampler::rpn(), &assigned, rng);
         let n_s = (s.pos.len().max(1) + s.neg.len().max(1)) as f64;
         let sampled: Vec<usize> = s.pos.iter().chain(&s.neg).map(|&k| inside_idx[k]).collect();
-        let labels: Vec<f32> = s
-            .pos
-            .iter()
-            .map(|_| 1.0)
-            .chain(s.neg.iter().map(|_| 0.0))
-            .collect();
+        let labels: Vec<f32> = class_labels(&s, 1.0, 0.0);
         let rpn_cls = (bce_with_logits_sum(
             &select(&logits, &sampled)?,
             &Tensor::new(labels.as_slice(), dev)?,
@@ -97,14 +92,7 @@ impl Detector {
             Tensor::zeros((), DType::F32, dev)?
         } else {
             let pos_anchors: Vec<[f32; 4]> = s.pos.iter().map(|&k| inside_anchors[k]).collect();
-            let pos_gts: Vec<[f32; 4]> = s
-                .pos
-                .iter()
-                .map(|&k| match assigned[k] {
-                    Assignment::Positive(g) => gts[g],
-                    _ => gts[0],
-                })
-                .collect();
+            let pos_gts = matched_gts(&s.pos, &assigned, gts);
             let targets = DeltaCoder::rpn()
                 .encode(&pos_anchors, &pos_gts)
                 .map_err(|e| a3d_err("rpn targets", e))?;
@@ -138,25 +126,13 @@ impl Detector {
             .collect();
         let rois = Tensor::from_vec(rois, (rois_idx.len(), 5), dev)?;
         let (cls, reg) = self.head.forward(&features, &rois)?;
-        let labels: Vec<u32> = s
-            .pos
-            .iter()
-            .map(|_| 1)
-            .chain(s.neg.iter().map(|_| 0))
-            .collect();
+        let labels: Vec<u32> = class_labels(&s, 1, 0);
         let rcnn_cls = (softmax_ce_sum(&cls, &Tensor::new(labels.as_slice(), dev)?)? / n_rois)?;
         let rcnn_bbox = if s.pos.is_empty() {
             Tensor::zeros((), DType::F32, dev)?
         } else {
             let pos_boxes: Vec<[f32; 4]> = s.pos.iter().map(|&i| candidates[i]).collect();
-            let pos_gts: Vec<[f32; 4]> = s
-                .pos
-                .iter()
-                .map(|&i| match assigned[i] {
-                    Assignment::Positive(g) => gts[g],
-                    _ => gts[0],
-                })
-                .collect();
+            let pos_gts = matched_gts(&s.pos, &assigned, gts);
             let targets = DeltaCoder::rcnn()
                 .encode(&pos_boxes, &pos_gts)
                 .map_err(|e| a3d_err("rcnn targets", e))?;
@@ -173,6 +149,23 @@ impl Detector {
             total,
         })
     }
+}
+
+/// The ground truth each sampled positive was assigned (every index in `pos` is a positive).
+fn matched_gts(pos: &[usize], assigned: &[Assignment], gts: &[[f32; 4]]) -> Vec<[f32; 4]> {
+    pos.iter()
+        .map(|&k| match assigned[k] {
+            Assignment::Positive(g) => gts[g],
+            _ => gts[0],
+        })
+        .collect()
+}
+
+/// The class label of every sampled row: positives first, then negatives.
+fn class_labels<T: Copy>(s: &Sampled, positive: T, negative: T) -> Vec<T> {
+    std::iter::repeat_n(positive, s.pos.len())
+        .chain(std::iter::repeat_n(negative, s.neg.len()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -206,12 +199,11 @@ mod tests {
             scale: 1.0,
             original: (h, w),
         };
-        let vars = {
-            let data = map.data().lock().unwrap();
-            let mut names: Vec<&String> = data.keys().collect();
-            names.sort();
-            names.into_iter().map(|n| data[n].clone()).collect()
-        };
+        let vars = crate::train::sorted_vars(&map)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
         let mut opt = Sgd::new(vars);
         let mut rng = a3d::rng::SplitMix64::new(1);
         let mut totals = Vec::new();
