@@ -50,16 +50,7 @@ pub fn run(shapes: &[[usize; 3]], runs: usize, json: bool, threads: usize) -> Re
         let config = DetectorConfig::new(Preset::Reference, d, ContextFusion::A3d);
         let (model, _) = Detector::init(config, 1, &Device::Cpu).map_err(|e| e.to_string())?;
         let data = a3d_detector::testing::fixture_input(d, h, w);
-        let input = NetworkInput {
-            data,
-            depth: d,
-            height: h,
-            width: w,
-            padded_height: h,
-            padded_width: w,
-            scale: 1.0,
-            original: (h, w),
-        };
+        let input = NetworkInput::unresized(data, d, (h, w), (h, w)).map_err(|e| e.to_string())?;
         let x = model.input_tensor(&input).map_err(|e| e.to_string())?;
         let mut backbone = Vec::new();
         let mut whole = Vec::new();

@@ -37,16 +37,34 @@ fn register_font() -> Result<(), String> {
     .clone()
 }
 
-/// FROC curves (sensitivity against FP per image, log axis 1/8 to 32) with the reported FP
-/// rates marked.
-pub fn froc_png(path: &Path, title: &str, curves: &[(&str, &Froc)]) -> Result<(), String> {
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// Error text naming the file being drawn.
+type ErrorText<'a> = &'a dyn Fn(&dyn std::fmt::Display) -> String;
+
+/// A 720 x 520 PNG on white, drawn by `draw` into a temporary file that is then renamed to
+/// `path`; `draw` gets the area and the error text naming `path`.
+fn render(
+    path: &Path,
+    draw: impl FnOnce(&Area, ErrorText) -> Result<(), String>,
+) -> Result<(), String> {
     register_font()?;
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let tmp = path.with_extension("tmp.png");
     {
         let root = BitMapBackend::new(&tmp, (720, 520)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
-        let mut chart = ChartBuilder::on(&root)
+        draw(&root, &err)?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| err(&e))
+}
+
+/// FROC curves (sensitivity against FP per image, log axis 1/8 to 32) with the reported FP
+/// rates marked.
+pub fn froc_png(path: &Path, title: &str, curves: &[(&str, &Froc)]) -> Result<(), String> {
+    render(path, |root, err| {
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(44)
@@ -98,9 +116,8 @@ pub fn froc_png(path: &Path, title: &str, curves: &[(&str, &Froc)]) -> Result<()
             .border_style(BLACK)
             .draw()
             .map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| err(&e))
+        Ok(())
+    })
 }
 
 /// The training loss per iteration (a moving mean over 20 iterations, and the raw values faint)
@@ -110,19 +127,14 @@ pub fn training_png(
     losses: &[(f64, f64)],
     validation: &[(f64, f64)],
 ) -> Result<(), String> {
-    register_font()?;
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let tmp = path.with_extension("tmp.png");
-    {
-        let root = BitMapBackend::new(&tmp, (720, 520)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
+    render(path, |root, err| {
         let x_max = losses.iter().map(|p| p.0).fold(1.0, f64::max);
         let y_max = losses
             .iter()
             .map(|p| p.1)
             .filter(|v| v.is_finite())
             .fold(0.1, f64::max);
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption("training", ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(44)
@@ -178,7 +190,6 @@ pub fn training_png(
             .border_style(BLACK)
             .draw()
             .map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| err(&e))
+        Ok(())
+    })
 }

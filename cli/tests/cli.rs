@@ -3,15 +3,36 @@
 
 use std::process::Command;
 
-fn a3d(args: &[&str]) -> (Option<i32>, String) {
+/// What one run of the binary returned.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_a3d<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_a3d"))
         .args(args)
         .output()
         .expect("run the a3d binary");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The exit status and standard error.
+fn a3d<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String) {
+    let r = run_a3d(args);
+    (r.code, r.stderr)
+}
+
+/// Runs to success (or fails the test with the arguments and both outputs); the standard output.
+fn a3d_ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let r = run_a3d(args);
+    assert_eq!(r.code, Some(0), "{args:?}: {} {}", r.stdout, r.stderr);
+    r.stdout
 }
 
 #[test]
@@ -80,22 +101,12 @@ fn inspect_reads_a_deeplesion_slice() {
     };
     write_dl_info(&dir.join("DL_info.csv"), &[lesion]).unwrap();
     let preview = dir.join("preview.png");
-    let out = Command::new(env!("CARGO_BIN_EXE_a3d"))
-        .args([
-            "inspect",
-            series.join("042.png").to_str().unwrap(),
-            "--png",
-            preview.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = a3d_ok(&[
+        "inspect",
+        series.join("042.png").to_str().unwrap(),
+        "--png",
+        preview.to_str().unwrap(),
+    ]);
     assert!(
         stdout.contains("9 x 7 pixels") && stdout.contains("HU 420 .. 420"),
         "{stdout}"
@@ -122,22 +133,12 @@ fn inspect_reads_a_nifti_volume() {
     let path = dir.join("v.nii.gz");
     a3d_ct::write::write_nifti(&path, &v).unwrap();
     let preview = dir.join("p.png");
-    let out = Command::new(env!("CARGO_BIN_EXE_a3d"))
-        .args([
-            "inspect",
-            path.to_str().unwrap(),
-            "--png",
-            preview.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = a3d_ok(&[
+        "inspect",
+        path.to_str().unwrap(),
+        "--png",
+        preview.to_str().unwrap(),
+    ]);
     assert!(
         stdout.contains("[Z, H, W] = [5, 6, 7]") && stdout.contains("(1.250, 0.500, 0.500)"),
         "{stdout}"
@@ -165,15 +166,8 @@ fn inspect_reads_dicom_folders() {
     std::fs::remove_file(dir.join("a/slice_0002.dcm")).unwrap();
     let preview = dir.join("p.png");
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_a3d"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let r = run_a3d(args);
+        (r.code, r.stdout, r.stderr)
     };
     let folder_a = dir.join("a");
     let (code, stdout, stderr) = run(&[
@@ -225,16 +219,7 @@ fn detect_runs_on_a_dicom_series() {
     let out = dir.join("dets.json");
     let dump = dir.join("f.safetensors");
     let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let run = |args: &[String]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_a3d"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[String]| a3d(args);
     let args: Vec<String> = [
         "detect",
         &path(&dir.join("ct")),
@@ -353,24 +338,14 @@ fn eval_computes_the_froc_of_a_detections_file() {
          000002_01_01_020.png,50,50,59,59,0.6\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_a3d"))
-        .args([
-            "eval",
-            "--detections",
-            dets.to_str().unwrap(),
-            "--annotations",
-            csv_path.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = a3d_ok(&[
+        "eval",
+        "--detections",
+        dets.to_str().unwrap(),
+        "--annotations",
+        csv_path.to_str().unwrap(),
+        "--json",
+    ]);
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -386,25 +361,21 @@ fn eval_computes_the_froc_of_a_detections_file() {
     assert_eq!(all["sensitivity"]["1"].as_f64(), Some(1.0));
     assert_eq!(all["mean_0.5_4"].as_f64(), Some(0.875));
     let plot = dir.join("froc.png");
-    let out2 = Command::new(env!("CARGO_BIN_EXE_a3d"))
-        .args([
-            "eval",
-            "--detections",
-            dets.to_str().unwrap(),
-            "--annotations",
-            csv_path.to_str().unwrap(),
-            "--plot",
-            plot.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out2.stdout);
-    let err = String::from_utf8_lossy(&out2.stderr);
+    let out2 = run_a3d(&[
+        "eval",
+        "--detections",
+        dets.to_str().unwrap(),
+        "--annotations",
+        csv_path.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    let (text, err) = (&out2.stdout, &out2.stderr);
     // The plot needs a system font; without one the error says so.
     if err.contains("TrueType font") {
         eprintln!("no font here: {err}");
     } else {
-        assert_eq!(out2.status.code(), Some(0), "{err}");
+        assert_eq!(out2.code, Some(0), "{err}");
         assert!(text.contains("type_4") && plot.is_file(), "{text}");
     }
     let thin = &lines[1];
@@ -429,18 +400,14 @@ fn eval_computes_the_froc_of_a_detections_file() {
         "File_name,x1,y1,x2,y2,score\n000009_01_01_001.png,1,1,5,5,0.5\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_a3d"))
-        .args([
-            "eval",
-            "--detections",
-            dets.to_str().unwrap(),
-            "--annotations",
-            csv_path.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
+    let (code, stderr) = a3d(&[
+        "eval",
+        "--detections",
+        dets.to_str().unwrap(),
+        "--annotations",
+        csv_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("000009_01_01_001.png"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -454,16 +421,7 @@ fn synth_then_train_one_epoch() {
     let data = dir.join("data");
     let out = dir.join("run");
     let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_a3d"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        a3d_ok(args);
     };
     run(&[
         "synth",
@@ -537,19 +495,9 @@ fn synth_then_train_one_epoch() {
 fn resumed_training_matches_an_uninterrupted_run() {
     let dir = std::env::temp_dir().join(format!("a3d-resume-{}", std::process::id()));
     let data = dir.join("data");
-    let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_a3d"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| a3d(args);
     let ok = |args: &[&str]| {
-        let (code, err) = run(args);
-        assert_eq!(code, Some(0), "{args:?}: {err}");
+        a3d_ok(args);
     };
     ok(&[
         "synth",
@@ -636,17 +584,7 @@ fn demo_trains_evaluates_and_draws_then_reruns_in_its_own_folder_only() {
         "--fusion",
         "a3d,none",
     ];
-    let o = Command::new(env!("CARGO_BIN_EXE_a3d"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = a3d_ok(&args);
     assert!(
         stdout.contains("test-split FROC") && stdout.contains("mean 0.5-4"),
         "{stdout}"

@@ -58,6 +58,37 @@ pub struct NetworkInput {
 }
 
 impl NetworkInput {
+    /// An input that needs no resizing: `data` holds `depth` planes of `padded` rows x columns
+    /// with a `size` image at the top left of each (scale 1, original size `size`), as tests,
+    /// benchmarks and inputs already at network resolution have it.
+    pub fn unresized(
+        data: Vec<f32>,
+        depth: usize,
+        size: (usize, usize),
+        padded: (usize, usize),
+    ) -> Result<NetworkInput> {
+        let ((h, w), (ph, pw)) = (size, padded);
+        if h == 0 || w == 0 || h > ph || w > pw || data.len() != depth * ph * pw {
+            return Err(Error::Argument {
+                arg: "data",
+                problem: format!(
+                    "{} values for {depth} planes of {ph} x {pw} holding {h} x {w}",
+                    data.len()
+                ),
+            });
+        }
+        Ok(NetworkInput {
+            data,
+            depth,
+            height: h,
+            width: w,
+            padded_height: ph,
+            padded_width: pw,
+            scale: 1.0,
+            original: (h, w),
+        })
+    }
+
     /// Windows, resizes and pads `slices`. `pixel_spacing_mm` is needed only with
     /// [`InputConfig::target_spacing_mm`].
     pub fn build(
@@ -189,16 +220,7 @@ impl NetworkInput {
                 }
             }
         }
-        Ok(NetworkInput {
-            data,
-            depth,
-            height: h,
-            width: w,
-            padded_height: ph,
-            padded_width: pw,
-            scale: 1.0,
-            original: (h, w),
-        })
+        NetworkInput::unresized(data, depth, (h, w), (ph, pw))
     }
 
     /// A box in original pixels to network pixels (times the scale, clipped to the resized
@@ -273,6 +295,24 @@ mod tests {
         assert_eq!(window(2050.0), 205.0);
         assert_eq!(window(-3000.0), -50.0);
         assert!((window(513.0) - (0.5 * 255.0 - 50.0)).abs() < 1e-4);
+    }
+
+    #[test]
+    fn unresized_inputs_check_their_sizes() {
+        let n = NetworkInput::unresized(vec![0.5; 2 * 4 * 6], 2, (3, 5), (4, 6)).unwrap();
+        assert_eq!(
+            (n.height, n.width, n.scale, n.original),
+            (3, 5, 1.0, (3, 5))
+        );
+        assert_eq!(n.to_original([1.0, 1.0, 9.0, 9.0]), [1.0, 1.0, 4.0, 2.0]);
+        for (len, size, padded) in [
+            (47, (3, 5), (4, 6)),
+            (48, (5, 5), (4, 6)),
+            (48, (0, 5), (4, 6)),
+        ] {
+            let e = NetworkInput::unresized(vec![0.0; len], 2, size, padded).unwrap_err();
+            assert!(e.to_string().contains("planes"), "{e}");
+        }
     }
 
     #[test]

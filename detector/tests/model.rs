@@ -18,16 +18,7 @@ fn input(depth: usize, h: usize, w: usize, seed: u64) -> NetworkInput {
             ((s >> 40) % 255) as f32 - 50.0
         })
         .collect();
-    NetworkInput {
-        data,
-        depth,
-        height: h - 5,
-        width: w - 3,
-        padded_height: h,
-        padded_width: w,
-        scale: 1.0,
-        original: (h - 5, w - 3),
-    }
+    NetworkInput::unresized(data, depth, (h - 5, w - 3), (h, w)).unwrap()
 }
 
 #[test]

@@ -222,16 +222,7 @@ mod tests {
                 }
             }
         }
-        NetworkInput {
-            data,
-            depth,
-            height: h,
-            width: w,
-            padded_height: ph,
-            padded_width: pw,
-            scale: 1.0,
-            original: (h, w),
-        }
+        NetworkInput::unresized(data, depth, (h, w), (ph, pw)).unwrap()
     }
 
     fn at(n: &NetworkInput, d: usize, y: usize, x: usize) -> f32 {

@@ -189,16 +189,7 @@ mod tests {
                 data[h * w + y * w + x] = 150.0;
             }
         }
-        let input = NetworkInput {
-            data,
-            depth: 3,
-            height: h,
-            width: w,
-            padded_height: h,
-            padded_width: w,
-            scale: 1.0,
-            original: (h, w),
-        };
+        let input = NetworkInput::unresized(data, 3, (h, w), (h, w)).unwrap();
         let vars = crate::train::sorted_vars(&map)
             .unwrap()
             .into_iter()
