@@ -13,6 +13,7 @@ mod bench_context;
 mod bench_dense_layer;
 mod bench_detection;
 mod bench_detector;
+mod bench_train;
 mod demo;
 mod detect;
 mod eval;
@@ -135,6 +136,10 @@ struct BenchArgs {
     /// RoIs per run of `a3d bench roi-align`.
     #[arg(long, default_value_t = 300)]
     rois: usize,
+    /// The detector preset of `a3d bench train-step` (default: tiny at 128 x 128 and reference
+    /// at 512 x 512; with `--shape`, both at that size).
+    #[arg(long, value_parser = ["tiny", "reference"])]
+    preset: Option<String>,
     /// Timed repetitions per pass (the median is reported).
     #[arg(long, default_value_t = 15)]
     runs: usize,
@@ -235,6 +240,11 @@ enum BenchOp {
     /// The reference detector (random weights) on one input, `--shape D,H,W`: backbone and
     /// merge, then the whole detection, with the backbone's FLOP rate against a measured peak.
     Detector,
+    /// One training iteration of the detector (losses, backward, clipping, SGD): the tiny
+    /// preset at 128 x 128 and the reference preset at 512 x 512 (`--shape D,H,W`: both presets
+    /// at that size; `--preset` keeps one).
+    #[value(name = "train-step")]
+    TrainStep,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -379,6 +389,9 @@ fn main() -> ExitCode {
 
 fn run_bench(args: &BenchArgs) -> Result<(), String> {
     let dtypes = parse_dtypes(&args.dtype)?;
+    if args.preset.is_some() && !matches!(args.op, BenchOp::TrainStep) {
+        return Err("--preset applies to `a3d bench train-step` only".into());
+    }
     if let Some(isa) = args.isa {
         let isa = match isa {
             IsaArg::Baseline => a3d::cpu::Isa::Baseline,
@@ -437,6 +450,35 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
             };
             let threads = pool.current_num_threads();
             pool.install(|| bench_detector::run(&shapes, args.runs, args.json, threads))
+        }
+        BenchOp::TrainStep => {
+            if !matches!(args.device, DeviceArg::Cpu | DeviceArg::All) || dtypes != [DType::F32] {
+                return Err(
+                    "train-step runs on the CPU in f32 (its CUDA path is not built yet)".into(),
+                );
+            }
+            let mut cases: Vec<_> = if args.shape.is_empty() {
+                bench_train::DEFAULT_CASES.to_vec()
+            } else {
+                shapes_of::<3>(&args.shape, "D,H,W")?
+                    .into_iter()
+                    .flat_map(|s| {
+                        [
+                            (a3d_detector::Preset::Tiny, s),
+                            (a3d_detector::Preset::Reference, s),
+                        ]
+                    })
+                    .collect()
+            };
+            if let Some(p) = args
+                .preset
+                .as_deref()
+                .and_then(a3d_detector::Preset::from_name)
+            {
+                cases.retain(|c| c.0 == p);
+            }
+            let threads = pool.current_num_threads();
+            pool.install(|| bench_train::run(&cases, args.runs, args.json, threads))
         }
         BenchOp::DenseLayer => {
             if let Some(flag) = args.conv.any_given() {
@@ -499,7 +541,8 @@ fn run_fusion_bench(
                 | BenchOp::RoiAlign
                 | BenchOp::Nms
                 | BenchOp::DenseLayer
-                | BenchOp::Detector => None,
+                | BenchOp::Detector
+                | BenchOp::TrainStep => None,
             };
             let rows = match (&device, context) {
                 (BenchDevice::Cpu, Some(op)) => {

@@ -640,3 +640,33 @@ fn demo_trains_evaluates_and_draws_then_reruns_in_its_own_folder_only() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_train_step_times_a_training_iteration() {
+    // The tiny preset only: the reference one's 51M-weight FC makes a debug build slow.
+    let stdout = a3d_ok(&[
+        "bench",
+        "train-step",
+        "--shape",
+        "3,32,32",
+        "--preset",
+        "tiny",
+        "--runs",
+        "2",
+        "--json",
+    ]);
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert_eq!(rows[0]["preset"], "tiny");
+    assert_eq!(rows[0]["shape"], serde_json::json!([1, 1, 3, 32, 32]));
+    assert!(rows[0]["median_ms"].as_f64().unwrap() > 0.0);
+    let (code, err) = a3d(&["bench", "train-step", "--dtype", "bf16"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("f32"), "{err}");
+    let (code, err) = a3d(&["bench", "nms", "--preset", "tiny"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--preset"), "{err}");
+}

@@ -21,6 +21,14 @@ impl Preset {
             _ => None,
         }
     }
+
+    /// The name [`Preset::from_name`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Reference => "reference",
+            Preset::Tiny => "tiny",
+        }
+    }
 }
 
 /// Everything that sizes the network and its test-time post-processing.
