@@ -115,7 +115,7 @@ fn detections_json(
         "slices": slices,
     });
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
-    crate::train::write_atomic(path, text.as_bytes())
+    crate::files::write_atomic(path, text.as_bytes())
 }
 
 /// Trains one operator, then detects, evaluates and draws on the test split.
@@ -317,7 +317,7 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
         "scans": args.scans, "size": args.size, "epochs": args.epochs, "slices": args.slices,
         "seed": args.seed, "seconds": started.elapsed().as_secs_f64(), "test": results,
     });
-    crate::train::write_atomic(&args.out.join(MARKER), summary.to_string().as_bytes())?;
+    crate::files::write_atomic(&args.out.join(MARKER), summary.to_string().as_bytes())?;
     let first = &fusions[0];
     crate::say!(
         "\nwrote {out}: the data (data/), per operator the checkpoints and training.png \

@@ -259,7 +259,7 @@ pub fn run(args: &DetectArgs) -> Result<(), String> {
         "slices": results,
     });
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
-    write_then_rename(&args.out, text.as_bytes())?;
+    crate::files::write_atomic(&args.out, text.as_bytes())?;
     crate::say!(
         "{} slice(s) in {secs:.2} s ({:.2} s per slice); wrote {}",
         items.len(),
@@ -267,12 +267,6 @@ pub fn run(args: &DetectArgs) -> Result<(), String> {
         args.out.display()
     );
     Ok(())
-}
-
-fn write_then_rename(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `input` `[1, 1, D, Hp, Wp]` and `fpn` (the stride-4 map) as safetensors.
@@ -287,8 +281,5 @@ fn dump(
         ("input".to_string(), x),
         ("fpn".to_string(), fpn.clone()),
     ]);
-    let tmp = path.with_extension("tmp");
-    candle_core::safetensors::save(&tensors, &tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    crate::files::replace_with(path, |tmp| candle_core::safetensors::save(&tensors, tmp))
 }

@@ -215,16 +215,5 @@ pub fn write_preview(out: &Path, ms: &MultiSlice) -> Result<(), String> {
             }
         }
     }
-    let tmp = out.with_extension("tmp");
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", out.display());
-    {
-        let file = std::fs::File::create(&tmp).map_err(|e| err(&e))?;
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), total_w as u32, h as u32);
-        enc.set_color(png::ColorType::Grayscale);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().map_err(|e| err(&e))?;
-        wr.write_image_data(&pixels).map_err(|e| err(&e))?;
-        wr.finish().map_err(|e| err(&e))?;
-    }
-    std::fs::rename(&tmp, out).map_err(|e| err(&e))
+    crate::files::write_png(out, total_w, h, png::ColorType::Grayscale, &pixels)
 }

@@ -17,6 +17,7 @@ mod bench_train;
 mod demo;
 mod detect;
 mod eval;
+mod files;
 mod inspect;
 mod inspect_dicom;
 mod overlay;

@@ -12,8 +12,7 @@ pub const LESION: [u8; 3] = [40, 220, 60];
 
 /// Writes the centre slice of `ms` (the network's window) with `boxes` (original pixels, inclusive
 /// corners) outlined in their colours; slices under 384 pixels a side are enlarged by a whole
-/// factor (nearest neighbour) so the outlines stay one screen pixel thin. Written to a temporary
-/// file, then renamed.
+/// factor (nearest neighbour) so the outlines stay one screen pixel thin.
 pub fn overlay_png(
     path: &Path,
     ms: &MultiSlice,
@@ -47,16 +46,5 @@ pub fn overlay_png(
             dot(x2, y);
         }
     }
-    let tmp = path.with_extension("tmp");
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    {
-        let file = std::fs::File::create(&tmp).map_err(|e| err(&e))?;
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), ow as u32, oh as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().map_err(|e| err(&e))?;
-        wr.write_image_data(&rgb).map_err(|e| err(&e))?;
-        wr.finish().map_err(|e| err(&e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| err(&e))
+    crate::files::write_png(path, ow, oh, png::ColorType::Rgb, &rgb)
 }

@@ -42,22 +42,20 @@ type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 /// Error text naming the file being drawn.
 type ErrorText<'a> = &'a dyn Fn(&dyn std::fmt::Display) -> String;
 
-/// A 720 x 520 PNG on white, drawn by `draw` into a temporary file that is then renamed to
-/// `path`; `draw` gets the area and the error text naming `path`.
+/// A 720 x 520 PNG on white at `path`, drawn by `draw` (given the area and the error text).
 fn render(
     path: &Path,
     draw: impl FnOnce(&Area, ErrorText) -> Result<(), String>,
 ) -> Result<(), String> {
     register_font()?;
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let tmp = path.with_extension("tmp.png");
-    {
-        let root = BitMapBackend::new(&tmp, (720, 520)).into_drawing_area();
+    // replace_with names the file in every error.
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    crate::files::replace_with(path, |tmp| {
+        let root = BitMapBackend::new(tmp, (720, 520)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         draw(&root, &err)?;
-        root.present().map_err(|e| err(&e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| err(&e))
+        root.present().map_err(|e| err(&e))
+    })
 }
 
 /// FROC curves (sensitivity against FP per image, log axis 1/8 to 32) with the reported FP

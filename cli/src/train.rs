@@ -149,12 +149,6 @@ fn resume(
     })
 }
 
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 /// A key slice's network input and ground truth (network pixels).
 fn sample_of(
     dl: &DeepLesion,
@@ -348,7 +342,7 @@ pub fn run(args: &TrainArgs) -> Result<TrainSummary, String> {
         )
         .map_err(|e| e.to_string())?,
     );
-    write_atomic(
+    crate::files::write_atomic(
         &args.out.join("model.json"),
         serde_json::json!({
             "preset": args.preset, "fusion": args.fusion, "slices": args.slices,
@@ -402,20 +396,16 @@ pub fn run(args: &TrainArgs) -> Result<TrainSummary, String> {
         let secs = start.elapsed().as_secs_f64();
         (images, seconds) = (images + train.len(), seconds + secs);
         let ckpt = args.out.join(format!("epoch_{epoch:02}.safetensors"));
-        let tmp = ckpt.with_extension("tmp");
-        map.save(&tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &ckpt).map_err(|e| format!("{}: {e}", ckpt.display()))?;
+        crate::files::replace_with(&ckpt, |tmp| map.save(tmp))?;
         let momentum: std::collections::HashMap<String, candle_core::Tensor> = names
             .iter()
             .zip(opt.momentum_buffers())
             .filter_map(|(n, b)| b.clone().map(|b| (n.clone(), b)))
             .collect();
         let opt_path = args.out.join(format!("optimizer_{epoch:02}.safetensors"));
-        let tmp = opt_path.with_extension("tmp");
-        candle_core::safetensors::save(&momentum, &tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &opt_path).map_err(|e| format!("{}: {e}", opt_path.display()))?;
+        crate::files::replace_with(&opt_path, |tmp| {
+            candle_core::safetensors::save(&momentum, tmp)
+        })?;
         let (mean, s1, s4) = if val.is_empty() {
             (f64::NAN, f64::NAN, f64::NAN)
         } else {
@@ -431,7 +421,7 @@ pub fn run(args: &TrainArgs) -> Result<TrainSummary, String> {
             "fusion": args.fusion, "slices": args.slices, "val_mean_0.5_4": mean,
             "val_sens_1": s1, "val_sens_4": s4, "best": best,
         });
-        write_atomic(&args.out.join("state.json"), state.to_string().as_bytes())?;
+        crate::files::write_atomic(&args.out.join("state.json"), state.to_string().as_bytes())?;
         writeln!(log, "{}", serde_json::json!({"epoch": epoch, "val_mean_0.5_4": mean, "val_sens_1": s1, "val_sens_4": s4, "images_per_s": train.len() as f64 / secs}))
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
         // The loss and validation plot of the whole log so far (a missing font only warns).
