@@ -39,7 +39,7 @@ fn register_font() -> Result<(), String> {
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
-/// Error text naming the file being drawn.
+/// Turns a drawing error into text.
 type ErrorText<'a> = &'a dyn Fn(&dyn std::fmt::Display) -> String;
 
 /// A 720 x 520 PNG on white at `path`, drawn by `draw` (given the area and the error text).
