@@ -33,11 +33,14 @@ pub fn run(
     if !json {
         crate::say!("detector training step (a3d fusion, f32, {threads} threads)");
         crate::say!(
-            "{:<10} {:>16} {:>11} {:>9}",
+            "{:<10} {:>16} {:>11} {:>9} {:>10} {:>10} {:>10}",
             "preset",
             "input [D,H,W]",
             "median ms",
-            "images/s"
+            "images/s",
+            "forward",
+            "backward",
+            "clip+SGD"
         );
     }
     for &(preset, [d, h, w]) in cases {
@@ -53,21 +56,30 @@ pub fn run(
             .collect();
         let mut opt = Sgd::new(vars);
         let mut rng = a3d::rng::SplitMix64::new(7);
-        let mut step = || -> Result<f64, String> {
+        // Milliseconds of (forward and losses, backward, clipping and SGD).
+        let mut step = || -> Result<[f64; 3], String> {
             let t = Instant::now();
             let losses = model
                 .losses(&input, &gts, None, &mut rng)
                 .map_err(|e| e.to_string())?;
+            let forward = t.elapsed().as_secs_f64() * 1e3;
             let mut grads = losses.total.backward().map_err(|e| e.to_string())?;
+            let backward = t.elapsed().as_secs_f64() * 1e3 - forward;
             clip_grad_norm(&mut grads, opt.vars(), 35.0).map_err(|e| e.to_string())?;
             // A small rate keeps the weights (and so the work) steady over the runs.
             opt.step(&grads, 1e-4).map_err(|e| e.to_string())?;
-            Ok(t.elapsed().as_secs_f64() * 1e3)
+            let update = t.elapsed().as_secs_f64() * 1e3 - forward - backward;
+            Ok([forward, backward, update])
         };
         step()?;
-        let mut times = (0..runs).map(|_| step()).collect::<Result<Vec<f64>, _>>()?;
-        times.sort_by(f64::total_cmp);
-        let ms = times[times.len() / 2];
+        let times = (0..runs).map(|_| step()).collect::<Result<Vec<_>, _>>()?;
+        let median = |f: &dyn Fn(&[f64; 3]) -> f64| {
+            let mut v: Vec<f64> = times.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let ms = median(&|t| t.iter().sum());
+        let parts = [median(&|t| t[0]), median(&|t| t[1]), median(&|t| t[2])];
         let name = preset.name();
         if json {
             crate::say!(
@@ -75,14 +87,18 @@ pub fn run(
                 serde_json::json!({
                     "op": "train-step", "preset": name, "device": "cpu", "dtype": "f32",
                     "shape": [1, 1, d, h, w], "threads": threads, "median_ms": ms,
-                    "images_per_s": 1e3 / ms,
+                    "images_per_s": 1e3 / ms, "forward_ms": parts[0], "backward_ms": parts[1],
+                    "update_ms": parts[2],
                 })
             );
         } else {
             crate::say!(
-                "{name:<10} {:>16} {ms:>11.1} {:>9.2}",
+                "{name:<10} {:>16} {ms:>11.1} {:>9.2} {:>10.1} {:>10.1} {:>10.1}",
                 format!("[{d},{h},{w}]"),
-                1e3 / ms
+                1e3 / ms,
+                parts[0],
+                parts[1],
+                parts[2]
             );
         }
     }

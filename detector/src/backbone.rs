@@ -2,11 +2,12 @@
 //! and the top-down merge to one stride-4 map (reference-detector.md section 2), with the
 //! reference's parameter names under `backbone.`.
 
+use a3d::candle::Conv2d;
 use a3d::candle::{
     A3dConv, A3dConvConfig, BnReluA3dConv, BnReluA3dConvConfig, ContextConvConfig, ContextFusion,
 };
 use candle_core::{Module, ModuleT, Result, Tensor, Var};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
+use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
 
 use crate::config::DetectorConfig;
 
@@ -67,27 +68,6 @@ fn bn_relu_conv(
 struct DenseLayer {
     bottleneck: BnReluA3dConv,
     grow: BnReluA3dConv,
-}
-
-/// A 2D convolution weight and bias with explicit initialisers.
-pub(crate) fn conv2d(
-    vb: &VarBuilder,
-    in_c: usize,
-    out_c: usize,
-    kernel: usize,
-    padding: usize,
-    weight_init: Init,
-) -> Result<Conv2d> {
-    let weight = vb.get_with_hints((out_c, in_c, kernel, kernel), "weight", weight_init)?;
-    let bias = vb.get_with_hints(out_c, "bias", Init::Const(0.0))?;
-    Ok(Conv2d::new(
-        weight,
-        Some(bias),
-        Conv2dConfig {
-            padding,
-            ..Default::default()
-        },
-    ))
 }
 
 /// The backbone: `[B, 1, D, H, W]` (H, W multiples of 16) to `[B, fpn_channels, H/4, W/4]`.
@@ -182,10 +162,9 @@ impl Backbone {
         for (i, &w) in widths.iter().enumerate() {
             // kaiming_uniform(a = 1): U(-sqrt(3 / fan_in), sqrt(3 / fan_in)), bias 0.
             let bound = (3.0 / w as f64).sqrt();
-            laterals.push(conv2d(
+            laterals.push(Conv2d::new(
                 &vb.pp(format!("lateral{}", i + 2)),
-                w,
-                config.fpn_channels,
+                (w, config.fpn_channels),
                 1,
                 0,
                 Init::Uniform {

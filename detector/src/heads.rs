@@ -2,11 +2,11 @@
 //! proposals, RoIAlign, the shared FCs, class-1 scores and boxes, NMS.
 
 use a3d::boxes::{AnchorGenerator, DeltaCoder, Nms};
+use a3d::candle::Conv2d;
 use a3d::roi_align::RoiAlign;
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Init, Linear, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
 
-use crate::backbone::conv2d;
 use crate::config::DetectorConfig;
 
 fn a3d_err(what: &str, e: a3d::Error) -> candle_core::Error {
@@ -42,9 +42,9 @@ impl Rpn {
             stdev: 0.01,
         };
         Ok(Rpn {
-            conv: conv2d(&vb.pp("rpn_conv"), c, c, 3, 1, n)?,
-            cls: conv2d(&vb.pp("rpn_cls"), c, a, 1, 0, n)?,
-            reg: conv2d(&vb.pp("rpn_reg"), c, 4 * a, 1, 0, n)?,
+            conv: Conv2d::new(&vb.pp("rpn_conv"), (c, c), 3, 1, n)?,
+            cls: Conv2d::new(&vb.pp("rpn_cls"), (c, a), 1, 0, n)?,
+            reg: Conv2d::new(&vb.pp("rpn_reg"), (c, 4 * a), 1, 0, n)?,
             anchors,
         })
     }
