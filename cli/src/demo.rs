@@ -41,6 +41,11 @@ pub struct DemoArgs {
     /// Slices of the input (odd).
     #[arg(long, default_value_t = 3)]
     slices: usize,
+    /// Base learning rate. The reference's 0.02 is for its multi-image batches: with one image
+    /// per iteration on the demo's set it made training chaotic (whether A3D learned depended on
+    /// float rounding; bench/RESULTS.md), 0.005 learned within 4 epochs.
+    #[arg(long, default_value_t = 0.005)]
+    lr: f64,
     /// Seed of the data, the initialisation and the training.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -137,7 +142,7 @@ fn run_one(args: &DemoArgs, data: &Path, fusion: &str) -> Result<Outcome, String
         slices: args.slices,
         out: dir.clone(),
         epochs: args.epochs,
-        lr: 0.02,
+        lr: args.lr,
         warmup_iters: 100,
         steps,
         seed: args.seed,
