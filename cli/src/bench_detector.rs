@@ -48,7 +48,8 @@ pub fn run(shapes: &[[usize; 3]], runs: usize, json: bool, threads: usize) -> Re
     }
     for &[d, h, w] in shapes {
         let config = DetectorConfig::new(Preset::Reference, d, ContextFusion::A3d);
-        let (model, _) = Detector::init(config, 1, &Device::Cpu).map_err(|e| e.to_string())?;
+        let (_, map) = Detector::init(config, 1, &Device::Cpu).map_err(|e| e.to_string())?;
+        let model = Detector::frozen(config, &map, &Device::Cpu).map_err(|e| e.to_string())?;
         let data = a3d_detector::testing::fixture_input(d, h, w);
         let input = NetworkInput::unresized(data, d, (h, w), (h, w)).map_err(|e| e.to_string())?;
         let x = model.input_tensor(&input).map_err(|e| e.to_string())?;

@@ -184,9 +184,8 @@ pub fn run(args: &DetectArgs) -> Result<(), String> {
         (Some(w), _) => Detector::load(config, w, &device).map_err(|e| e.to_string())?,
         (None, Some(seed)) => {
             crate::say!("no weights: the reference random initialisation (seed {seed}); the boxes mean nothing");
-            Detector::init(config, seed, &device)
-                .map_err(|e| e.to_string())?
-                .0
+            let (_, map) = Detector::init(config, seed, &device).map_err(|e| e.to_string())?;
+            Detector::frozen(config, &map, &device).map_err(|e| e.to_string())?
         }
         (None, None) => return Err("--weights or --init-seed is required".into()),
     };

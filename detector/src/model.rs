@@ -64,6 +64,24 @@ impl Detector {
         Ok((model, seeded.map.clone()))
     }
 
+    /// The model over `map`'s variables for evaluation: the same storage (later updates of the
+    /// variables show), but detached, so a pass records no autograd graph. A model built on
+    /// variables keeps every intermediate of a pass alive until the pass ends (its graph holds
+    /// them): twice the peak memory of the reference detector at D = 7, and slower.
+    pub fn frozen(config: DetectorConfig, map: &VarMap, device: &Device) -> Result<Detector> {
+        let tensors = map
+            .data()
+            .lock()
+            .map_err(|_| Error::Argument {
+                arg: "map",
+                problem: "the variable map's lock is poisoned".into(),
+            })?
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+            .collect();
+        Detector::from_tensors(config, tensors, "variables".as_ref(), device)
+    }
+
     /// A model initialised the reference's way from an ImageNet DenseNet-121 (torchvision's
     /// names, safetensors; `scripts/convert_checkpoint.py` converts torchvision's `.pth`): the
     /// stem, dense layers and transitions from ImageNet, everything else from the reference

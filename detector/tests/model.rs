@@ -109,6 +109,40 @@ fn tiny_detects_with_every_operator() {
 }
 
 #[test]
+fn frozen_model_detects_the_same_without_a_graph_and_follows_its_variables() {
+    let config = DetectorConfig::new(Preset::Tiny, 3, ContextFusion::A3d);
+    let (model, map) = Detector::init(config, 5, &Device::Cpu).unwrap();
+    let frozen = Detector::frozen(config, &map, &Device::Cpu).unwrap();
+    let x = input(3, 64, 96, 4);
+    let (a, b) = (
+        model.detect(&x, None).unwrap(),
+        frozen.detect(&x, None).unwrap(),
+    );
+    // The variable model records a graph (its intermediates live as long as the output); the
+    // frozen one does not.
+    assert!(a.features.track_op());
+    assert!(!b.features.track_op());
+    assert_eq!(a.boxes, b.boxes);
+    assert_eq!(a.scores, b.scores);
+    // Setting a variable (as SGD and resuming do) shows in the frozen model.
+    let var = map.data().lock().unwrap()["backbone.conv0.weight"].clone();
+    var.set(&(var.as_tensor() * 0.5).unwrap()).unwrap();
+    let after = frozen.detect(&x, None).unwrap().features;
+    let diff = |p: &Tensor, q: &Tensor| {
+        (p - q)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(diff(&after, &b.features) > 1e-3);
+    assert_eq!(diff(&after, &model.detect(&x, None).unwrap().features), 0.0);
+}
+
+#[test]
 fn checkpoints_round_trip_and_errors_name_tensors() {
     let config = DetectorConfig::new(Preset::Tiny, 3, ContextFusion::A3d);
     let (model, map) = Detector::init(config, 11, &Device::Cpu).unwrap();

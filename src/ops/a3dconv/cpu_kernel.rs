@@ -27,6 +27,8 @@
 pub(crate) use super::backward::backward;
 #[cfg(target_arch = "x86_64")]
 use super::direct::DirectPlan;
+#[cfg(target_arch = "x86_64")]
+use super::geometry::mix_row;
 use super::geometry::Geometry;
 use super::A3dConvDims;
 use crate::batchnorm::Affine;
@@ -305,26 +307,13 @@ unsafe fn fill_slice(
     let act = |c: usize| prologue.map(|a| (a.scale[c], a.shift[c]));
     match fusion_weight {
         Some(fw) => plan.fill(r0, rows, block, scratch, |c, h, dst| {
-            let pro = act(c);
-            for e in 0..dn {
-                let wv = fw[(e * dn + d) * cn + c];
-                let src = &xb[(c * dn + e) * plane + h * w..][..w];
-                match (e, pro) {
-                    (0, None) => dst.iter_mut().zip(src).for_each(|(o, s)| *o = s * wv),
-                    (_, None) => dst
-                        .iter_mut()
-                        .zip(src)
-                        .for_each(|(o, s)| *o = s.mul_add(wv, *o)),
-                    (0, Some((sc, sh))) => dst
-                        .iter_mut()
-                        .zip(src)
-                        .for_each(|(o, s)| *o = s.mul_add(sc, sh).max(0.0) * wv),
-                    (_, Some((sc, sh))) => dst
-                        .iter_mut()
-                        .zip(src)
-                        .for_each(|(o, s)| *o = s.mul_add(sc, sh).max(0.0).mul_add(wv, *o)),
-                }
-            }
+            mix_row::<true>(
+                dst,
+                dn,
+                |e| &xb[(c * dn + e) * plane + h * w..][..w],
+                |e| fw[(e * dn + d) * cn + c],
+                act(c),
+            )
         }),
         None => plan.fill(r0, rows, block, scratch, |c, h, dst| {
             let src = &xb[(c * dn + d) * plane + h * w..][..w];

@@ -54,6 +54,59 @@ pub(super) fn shifted_row(out: &mut [f32], src: &[f32], shift: isize) {
     out[hi..].fill(0.0);
 }
 
+/// Pixels a [`mix_row`] accumulator holds (one AVX-512 register).
+const MIX_LANES: usize = 16;
+
+/// `out[p] = sum_e coef(e) * a(src(e)[p])` over `depth` source rows, where `a(v)` is
+/// `max(v * scale + shift, 0)` with a `prologue` and `v` without: one fused output row, its
+/// sum held in registers `MIX_LANES` pixels at a time, so each output value is stored once
+/// instead of once per source slice. The products are added in the order of `e`, with fused
+/// multiply-adds when `FMA` (the direct path) and a separate multiply and add otherwise, as
+/// the loops this replaces did.
+#[inline(always)]
+pub(super) fn mix_row<'a, const FMA: bool>(
+    out: &mut [f32],
+    depth: usize,
+    src: impl Fn(usize) -> &'a [f32],
+    coef: impl Fn(usize) -> f32,
+    prologue: Option<(f32, f32)>,
+) {
+    #[inline(always)]
+    fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+        if FMA {
+            a.mul_add(b, c)
+        } else {
+            a * b + c
+        }
+    }
+    let act = |v: f32| match prologue {
+        Some((s, t)) => madd::<FMA>(v, s, t).max(0.0),
+        None => v,
+    };
+    let n = out.len();
+    let full = n / MIX_LANES * MIX_LANES;
+    for p in (0..full).step_by(MIX_LANES) {
+        let first = &src(0)[p..p + MIX_LANES];
+        let w0 = coef(0);
+        let mut acc: [f32; MIX_LANES] = std::array::from_fn(|l| act(first[l]) * w0);
+        for e in 1..depth {
+            let row = &src(e)[p..p + MIX_LANES];
+            let w = coef(e);
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a = madd::<FMA>(act(v), w, *a);
+            }
+        }
+        out[p..p + MIX_LANES].copy_from_slice(&acc);
+    }
+    for (p, o) in out.iter_mut().enumerate().skip(full) {
+        let mut acc = act(src(0)[p]) * coef(0);
+        for e in 1..depth {
+            acc = madd::<FMA>(act(src(e)[p]), coef(e), acc);
+        }
+        *o = acc;
+    }
+}
+
 /// Channel planes of one slice, as the im2col reads them: channel `c`'s pixel `p` (of the
 /// plane, `p >= first`) is `data[c * channel_stride + p - first]`.
 #[derive(Clone, Copy)]
@@ -325,15 +378,7 @@ impl Geometry {
                     out.copy_from_slice(source(d));
                     continue;
                 };
-                for e in 0..dn {
-                    let wv = fw[(e * dn + d) * cn + c];
-                    let src = source(e);
-                    if e == 0 {
-                        out.iter_mut().zip(src).for_each(|(o, s)| *o = s * wv);
-                    } else {
-                        out.iter_mut().zip(src).for_each(|(o, s)| *o += s * wv);
-                    }
-                }
+                mix_row::<false>(out, dn, source, |e| fw[(e * dn + d) * cn + c], None);
             }
         }
     }
