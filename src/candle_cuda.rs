@@ -249,3 +249,36 @@ pub(crate) fn depthconv_grads<T: CudaDType + CudaElement>(
     .map_err(|e| err(op, e))?;
     Ok(T::wrap_cuda_slice(packed, dev))
 }
+
+/// RoIAlign on candle's device at host `rois` (checked into `dims`): from the features `src`
+/// the pooled `[K, C, ph, pw]`, or with `backward` from `dy` the features' gradient.
+pub(crate) fn roi_align<T: CudaDType + CudaElement>(
+    op: &str,
+    roi_align: &crate::roi_align::RoiAlign,
+    dims: &crate::roi_align::RoiDims,
+    rois: &[[f32; 5]],
+    backward: bool,
+    (src, sl): (&CudaStorage, &Layout),
+) -> candle_core::Result<CudaStorage> {
+    use crate::roi_align::cuda::{launch_backward, launch_forward};
+    let dev = src.device().clone();
+    let a3d = a3d_device(op, &dev)?;
+    let sc = contiguous::<T>(src, sl)?;
+    let shape = if backward {
+        dims.feature_shape()
+    } else {
+        dims.output_shape()
+    };
+    let n: usize = shape.iter().product();
+    // SAFETY: the forward kernel writes every pooled element; the backward zeroes dx (or casts
+    // its zeroed accumulator into all of it) before adding.
+    let mut out = unsafe { dev.alloc::<T>(n.max(1)) }?;
+    let mut view = out.slice_mut(..n);
+    if backward {
+        launch_backward(&a3d, roi_align, dims, rois, &sc.view(), &mut view)
+    } else {
+        launch_forward(&a3d, roi_align, dims, rois, &sc.view(), &mut view)
+    }
+    .map_err(|e| err(op, e))?;
+    Ok(T::wrap_cuda_slice(out, dev))
+}

@@ -154,6 +154,7 @@ fn run_one(args: &DemoArgs, data: &Path, fusion: &str) -> Result<Outcome, String
         scale: 0.2,
         rotate: 15.0,
         resume: None,
+        device: crate::device::ModelDevice::Cpu,
     })?;
     let train_s = start.elapsed().as_secs_f64();
 

@@ -1,12 +1,12 @@
 //! `a3d detect`: the A3D detector on a DeepLesion key slice, a NIfTI volume or a DICOM series;
 //! boxes in original pixels as JSON, optional overlays and a feature dump.
 
+use crate::device::ModelDevice;
 use a3d::candle::ContextFusion;
 use a3d_ct::deeplesion::{DeepLesion, MultiSlice, WeightRule};
 use a3d_ct::network::{InputConfig, NetworkInput};
 use a3d_ct::{Limits, Volume};
 use a3d_detector::{Detector, DetectorConfig, Preset};
-use candle_core::Device;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -57,6 +57,9 @@ pub struct DetectArgs {
     /// Write the first slice's network input and stride-4 map (safetensors: `input`, `fpn`).
     #[arg(long)]
     dump_features: Option<PathBuf>,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value_t = ModelDevice::Cpu)]
+    device: ModelDevice,
 }
 
 /// One image to run: its label, its D slices in HU, pixel spacing and slice interval.
@@ -179,7 +182,7 @@ pub fn run(args: &DetectArgs) -> Result<(), String> {
         }
         config.score_threshold = t;
     }
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let model = match (&args.weights, args.init_seed) {
         (Some(w), _) => Detector::load(config, w, &device).map_err(|e| e.to_string())?,
         (None, Some(seed)) => {
@@ -275,10 +278,14 @@ fn dump(
     input: &NetworkInput,
     fpn: &candle_core::Tensor,
 ) -> Result<(), String> {
+    let host = |t: &candle_core::Tensor| {
+        t.to_device(&candle_core::Device::Cpu)
+            .map_err(|e| e.to_string())
+    };
     let x = model.input_tensor(input).map_err(|e| e.to_string())?;
     let tensors = std::collections::HashMap::from([
-        ("input".to_string(), x),
-        ("fpn".to_string(), fpn.clone()),
+        ("input".to_string(), host(&x)?),
+        ("fpn".to_string(), host(fpn)?),
     ]);
     crate::files::replace_with(path, |tmp| candle_core::safetensors::save(&tensors, tmp))
 }

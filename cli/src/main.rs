@@ -16,6 +16,7 @@ mod bench_detector;
 mod bench_train;
 mod demo;
 mod detect;
+mod device;
 mod eval;
 mod files;
 mod inspect;

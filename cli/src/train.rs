@@ -8,6 +8,7 @@
 //! position, generator). Augmentation as the reference: shift-scale-rotate, then the horizontal
 //! flip (`a3d_detector::train::{ShiftScaleRotate, flip_horizontal}`).
 
+use crate::device::ModelDevice;
 use a3d::candle::ContextFusion;
 use a3d_ct::deeplesion::{DeepLesion, KeySlice, Split, WeightRule};
 use a3d_ct::network::{InputConfig, NetworkInput};
@@ -77,6 +78,9 @@ pub struct TrainArgs {
     /// Continue the run in this folder (its `state.json` and last checkpoint) up to `--epochs`.
     #[arg(long)]
     pub(crate) resume: Option<PathBuf>,
+    /// Where the model trains.
+    #[arg(long, value_enum, default_value_t = ModelDevice::Cpu)]
+    pub(crate) device: ModelDevice,
 }
 
 /// Where a run resumes: the next epoch, the global iteration, the generator state and the best
@@ -95,6 +99,7 @@ fn resume(
     map: &candle_nn::VarMap,
     names: &[String],
     opt: &mut Sgd,
+    device: &Device,
 ) -> Result<ResumePoint, String> {
     let state_path = dir.join("state.json");
     let bad = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
@@ -135,7 +140,7 @@ fn resume(
     map.load(&ckpt).map_err(|e| bad(&ckpt, &e))?;
     let opt_path = dir.join(format!("optimizer_{epoch:02}.safetensors"));
     let buffers =
-        candle_core::safetensors::load(&opt_path, &Device::Cpu).map_err(|e| bad(&opt_path, &e))?;
+        candle_core::safetensors::load(&opt_path, device).map_err(|e| bad(&opt_path, &e))?;
     opt.set_momentum_buffers(names.iter().map(|n| buffers.get(n).cloned()).collect())
         .map_err(|e| bad(&opt_path, &e))?;
     Ok(ResumePoint {
@@ -275,7 +280,7 @@ pub fn run(args: &TrainArgs) -> Result<TrainSummary, String> {
         ));
     }
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let (model, map) = match &args.imagenet {
         Some(p) => Detector::init_imagenet(config, p, args.seed, &device),
         None => Detector::init(config, args.seed, &device),
@@ -320,7 +325,7 @@ pub fn run(args: &TrainArgs) -> Result<TrainSummary, String> {
     let mut best = f64::NEG_INFINITY;
     let mut first_epoch = 0;
     if let Some(dir) = &args.resume {
-        let point = resume(dir, args, &map, &names, &mut opt)?;
+        let point = resume(dir, args, &map, &names, &mut opt, &device)?;
         (first_epoch, iter, best) = (point.epoch, point.iter, point.best);
         rng = a3d::rng::SplitMix64::new(point.rng);
         crate::say!(

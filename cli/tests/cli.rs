@@ -282,6 +282,31 @@ fn detect_runs_on_a_dicom_series() {
         stderr.contains("bad.safetensors") && stderr.contains("safetensors"),
         "{stderr}"
     );
+    // A GPU run where this build or machine has none: an error naming the option, no output.
+    let cuda_out = dir.join("cuda.json");
+    let args: Vec<String> = [
+        "detect",
+        &path(&dir.join("ct")),
+        "--init-seed",
+        "3",
+        "--preset",
+        "tiny",
+        "--device",
+        "cuda",
+        "--out",
+        &path(&cuda_out),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, stderr) = run(&args);
+    if cfg!(feature = "candle-cuda") && code == Some(0) {
+        assert!(cuda_out.is_file());
+    } else {
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("--device cuda"), "{stderr}");
+        assert!(!cuda_out.exists());
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

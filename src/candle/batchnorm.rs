@@ -313,7 +313,8 @@ impl BnReluA3dConvConfig {
 
 /// `BatchNorm3d -> ReLU -> ContextConv`. Training mode (`forward_t(x, true)`) normalises with
 /// the batch statistics, updates the running ones and counts `num_batches_tracked`; evaluation
-/// mode uses the running statistics. The input must be on the CPU.
+/// mode uses the running statistics. On the CPU the BN-ReLU runs inside a3d's ops; on other
+/// devices (CUDA) it is candle's tensor ops before the context convolution.
 #[derive(Debug, Clone)]
 pub struct BnReluA3dConv {
     weight: Tensor,
@@ -387,6 +388,16 @@ impl BnReluA3dConv {
         let Some(stats) = stats else {
             candle_core::bail!("{op}: the forward left no batch statistics");
         };
+        self.update_running_with(&stats, dev)
+    }
+
+    /// The running update from one batch's statistics.
+    fn update_running_with(
+        &self,
+        stats: &ChannelStats,
+        dev: &candle_core::Device,
+    ) -> candle_core::Result<()> {
+        let op = "a3d-bn-relu";
         let dtype = self.running_mean.dtype();
         let f32s = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
             t.to_dtype(candle_core::DType::F32)?.to_vec1()
@@ -395,7 +406,7 @@ impl BnReluA3dConv {
             f32s(self.running_mean.as_tensor())?,
             f32s(self.running_var.as_tensor())?,
         );
-        batchnorm::update_running(&mut mean, &mut var, &stats, self.config.momentum)
+        batchnorm::update_running(&mut mean, &mut var, stats, self.config.momentum)
             .map_err(|e| candle_err(op, e))?;
         self.running_mean
             .set(&Tensor::new(mean, dev)?.to_dtype(dtype)?)?;
@@ -408,6 +419,9 @@ impl BnReluA3dConv {
 
     /// The BN-ReLU alone (what the convolution receives).
     pub fn bn_relu_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if !x.device().is_cpu() {
+            return self.bn_relu_composed(x, train);
+        }
         let (w, b) = (self.weight.as_ref(), self.bias.as_ref());
         let (mode, cell) = self.mode(train)?;
         let y = x.apply_op3(
@@ -422,6 +436,51 @@ impl BnReluA3dConv {
             self.update_running(&cell, x.device())?;
         }
         Ok(y)
+    }
+
+    /// The BN-ReLU as candle's own tensor ops, for devices a3d's op has no kernel for here
+    /// (CUDA): the same batch statistics (biased variance), running update and evaluation
+    /// affine, computed in f32, and differentiated by candle's autograd (through the batch mean
+    /// and variance in training mode).
+    fn bn_relu_composed(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        use candle_core::DType::F32;
+        let c = self.weight.dim(0)?;
+        if x.rank() < 2 || x.dim(1)? != c {
+            candle_core::bail!(
+                "a3d-bn-relu: x {:?} needs [B, {c}, ...] for a norm of {c} channels",
+                x.dims()
+            );
+        }
+        let xf = x.to_dtype(F32)?;
+        let mut per_channel = vec![1usize; x.rank()];
+        per_channel[1] = c;
+        let (mean, var) = if train {
+            // [C, values]: every value of a channel in one row.
+            let rows = xf.transpose(0, 1)?.contiguous()?.reshape((c, ()))?;
+            let mean = rows.mean_keepdim(1)?;
+            let var = rows.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
+            let stats = ChannelStats {
+                mean: mean.flatten_all()?.to_vec1()?,
+                var: var.flatten_all()?.to_vec1()?,
+                count: rows.dim(1)?,
+            };
+            self.update_running_with(&stats, x.device())?;
+            (mean.flatten_all()?, var.flatten_all()?)
+        } else {
+            (
+                self.running_mean.as_tensor().to_dtype(F32)?,
+                self.running_var.as_tensor().to_dtype(F32)?,
+            )
+        };
+        let scale = self
+            .weight
+            .to_dtype(F32)?
+            .div(&(var + self.config.eps as f64)?.sqrt()?)?;
+        let shift = self.bias.to_dtype(F32)?.sub(&mean.mul(&scale)?)?;
+        xf.broadcast_mul(&scale.reshape(per_channel.as_slice())?)?
+            .broadcast_add(&shift.reshape(per_channel.as_slice())?)?
+            .relu()?
+            .to_dtype(x.dtype())
     }
 
     /// Whether the whole layer runs as one a3d op with the BN-ReLU as the convolution's
@@ -479,5 +538,104 @@ impl BnReluA3dConv {
 impl ModuleT for BnReluA3dConv {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.forward_with_thickness(x, None, train)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    fn layer(map: &VarMap) -> BnReluA3dConv {
+        let vb = VarBuilder::from_varmap(map, DType::F32, &Device::Cpu);
+        let conv = ContextConvConfig {
+            conv: crate::candle::A3dConvConfig::new(5, 4, 3),
+            fusion: ContextFusion::A3d,
+        };
+        let layer =
+            BnReluA3dConv::new(BnReluA3dConvConfig::new(conv), vb.pp("norm"), vb.pp("conv"))
+                .unwrap();
+        let data = map.data().lock().unwrap();
+        let w = Tensor::new(&[0.7f32, -1.2, 1.5, 0.3, 2.0], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0.1f32, 0.4, -0.3, 0.0, -0.2], &Device::Cpu).unwrap();
+        data["norm.weight"].set(&w).unwrap();
+        data["norm.bias"].set(&b).unwrap();
+        layer
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The composed BN-ReLU (the path of CUDA tensors) against a3d's op on the CPU: outputs,
+    /// gradients of x, weight and bias, and the running statistics, in both modes.
+    #[test]
+    fn composed_bn_relu_equals_the_cpu_op() {
+        let x = Tensor::randn(0.3f32, 1.7, (2, 5, 3, 7, 9), &Device::Cpu).unwrap();
+        let x = candle_core::Var::from_tensor(&x).unwrap();
+        let probe = Tensor::randn(0.0f32, 1.0, (2, 5, 3, 7, 9), &Device::Cpu).unwrap();
+        for train in [true, false] {
+            let (m1, m2) = (VarMap::new(), VarMap::new());
+            let (op, composed) = (layer(&m1), layer(&m2));
+            let y1 = op.bn_relu_t(x.as_tensor(), train).unwrap();
+            let y2 = composed.bn_relu_composed(x.as_tensor(), train).unwrap();
+            assert!(max_diff(&y1, &y2) < 1e-5, "train {train}: outputs");
+            let g1 = (&y1 * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&y2 * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let grads = |g: &candle_core::backprop::GradStore, l: &BnReluA3dConv| {
+                [
+                    g.get(x.as_tensor()).unwrap().clone(),
+                    g.get(&l.weight).unwrap().clone(),
+                    g.get(&l.bias).unwrap().clone(),
+                ]
+            };
+            for (k, (a, b)) in grads(&g1, &op)
+                .iter()
+                .zip(grads(&g2, &composed).iter())
+                .enumerate()
+            {
+                let scale = a
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    max_diff(a, b) <= 1e-4 * scale.max(1.0),
+                    "train {train}: gradient {k}"
+                );
+            }
+            let (ma, va) = op.running_stats();
+            let (mb, vb) = composed.running_stats();
+            assert!(
+                max_diff(ma, mb) < 1e-6 && max_diff(va, vb) < 1e-5,
+                "train {train}: running"
+            );
+            assert_eq!(
+                op.num_batches_tracked().to_vec0::<f32>().unwrap(),
+                composed.num_batches_tracked().to_vec0::<f32>().unwrap()
+            );
+        }
     }
 }

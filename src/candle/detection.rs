@@ -1,7 +1,7 @@
 //! Detection ops for candle: [`roi_align`] as a custom op with its backward (the gradient to the
 //! features; the RoIs get none, as the reference detaches its proposals), and [`nms`] on
-//! candle tensors. CPU storage; on other devices candle reports that the op has no
-//! implementation there.
+//! candle tensors. CPU storage, and CUDA storage with feature `candle-cuda` (a3d's RoIAlign
+//! kernels on candle's stream; the RoIs are copied to the host, where they are validated).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -9,6 +9,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use super::storage::{candle_err, contiguous, cpu_storage, host_tensor};
 use crate::boxes::Nms;
 use crate::roi_align::RoiAlign;
+#[cfg(feature = "candle-cuda")]
+use crate::TensorInfo;
 
 /// The RoIs of a candle `[K, 5]` tensor (any float dtype candle holds; read as f32).
 fn rois_of(op: &str, s: &CpuStorage, l: &Layout) -> candle_core::Result<Vec<[f32; 5]>> {
@@ -61,6 +63,23 @@ impl CustomOp2 for RoiAlignOp {
         Ok((cpu_storage(op, y)?, shape))
     }
 
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let op = self.name();
+        let fa = crate::candle_cuda::arg(op, "features", s1, l1)?;
+        let rois = rois_of(op, &s2.to_cpu_storage()?, l2)?;
+        let dims = self.0.check(&fa, &rois).map_err(|e| candle_err(op, e))?;
+        let y = crate::dtype::with_dtype!(fa.dtype(), T => crate::candle_cuda::roi_align::<T>(
+            op, &self.0, &dims, &rois, false, (s1, l1))?);
+        Ok((y, Shape::from(dims.output_shape().as_slice())))
+    }
+
     fn bwd(
         &self,
         features: &Tensor,
@@ -105,6 +124,48 @@ impl CustomOp2 for RoiAlignGradOp {
             cpu_storage(op, dx)?,
             Shape::from(self.feature_shape.as_slice()),
         ))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let op = self.name();
+        let dya = crate::candle_cuda::arg(op, "dy", s1, l1)?;
+        let rois = rois_of(op, &s2.to_cpu_storage()?, l2)?;
+        let features = FeatureShape(&self.feature_shape, dya.dtype());
+        let dims = self
+            .op
+            .check(&features, &rois)
+            .map_err(|e| candle_err(op, e))?;
+        if l1.dims() != dims.output_shape() {
+            candle_core::bail!(
+                "{op}: dy {:?}, the RoIs need {:?}",
+                l1.dims(),
+                dims.output_shape()
+            );
+        }
+        let dx = crate::dtype::with_dtype!(dya.dtype(), T => crate::candle_cuda::roi_align::<T>(
+            op, &self.op, &dims, &rois, true, (s1, l1))?);
+        Ok((dx, Shape::from(self.feature_shape.as_slice())))
+    }
+}
+
+/// The features' shape and dtype, for the argument checks of the backward.
+#[cfg(feature = "candle-cuda")]
+struct FeatureShape<'a>(&'a [usize], crate::DType);
+
+#[cfg(feature = "candle-cuda")]
+impl TensorInfo for FeatureShape<'_> {
+    fn shape(&self) -> &[usize] {
+        self.0
+    }
+    fn dtype(&self) -> crate::DType {
+        self.1
     }
 }
 

@@ -2,18 +2,29 @@
 //! of `launch.rs` (the ones the host emulation runs in CI), on a3d device tensors. RoIs are host
 //! slices (hundreds of boxes), validated on the host and uploaded.
 
-use super::{launch, RoiAlign};
+use super::{launch, RoiAlign, RoiDims};
 use crate::cuda::launch::{check_bf16, prepare, Slices};
-use crate::cuda::{driver_error, CudaElement, CudaTensor};
+use crate::cuda::{driver_error, CudaDevice, CudaElement, CudaTensor};
 use crate::dtype::with_dtype;
 use crate::kernel_params::A3dRoiAlignParams;
 use crate::ops::common::{check_dtype, check_shape};
-use crate::{DType, Result};
-use cudarc::driver::{DeviceRepr, PushKernelArg};
+use crate::{DType, Error, Result};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 
 // SAFETY: A3dRoiAlignParams is `#[repr(C)]` plain data (eight u64, an f32, a u32), laid out
 // exactly as the C struct the kernels take by value (bindgen's layout assertions check it).
 unsafe impl DeviceRepr for A3dRoiAlignParams {}
+
+/// A device buffer of `name` holds `want` elements.
+fn check_len(name: &str, want: usize, got: usize) -> Result<()> {
+    if want == got {
+        return Ok(());
+    }
+    Err(Error::Backend {
+        backend: "cuda",
+        message: format!("roi_align: `{name}` holds {got} elements, the shapes need {want}"),
+    })
+}
 
 fn forward_typed<T: CudaElement>(
     op: &RoiAlign,
@@ -23,7 +34,34 @@ fn forward_typed<T: CudaElement>(
 ) -> Result<()> {
     let dims = op.check(features, rois)?;
     let device = features.device().clone();
-    check_bf16(&device, T::DTYPE)?;
+    launch_forward(
+        &device,
+        op,
+        &dims,
+        rois,
+        &features.view::<T>()?,
+        &mut out.view_mut::<T>()?,
+    )
+}
+
+/// The forward launch on device views (a3d tensors above, candle's storage in
+/// `candle_cuda`): `features` holds `dims`' N*C*H*W elements, `out` K*C*ph*pw, `rois` checked
+/// against `dims` by [`RoiAlign::check`].
+pub(crate) fn launch_forward<T: CudaElement>(
+    device: &CudaDevice,
+    op: &RoiAlign,
+    dims: &RoiDims,
+    rois: &[[f32; 5]],
+    features: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    check_bf16(device, T::DTYPE)?;
+    check_len(
+        "features",
+        dims.feature_shape().iter().product(),
+        features.len(),
+    )?;
+    check_len("out", dims.output_shape().iter().product(), out.len())?;
     if out.is_empty() {
         return Ok(());
     }
@@ -31,14 +69,13 @@ fn forward_typed<T: CudaElement>(
     let rd = stream
         .clone_htod(&launch::rois_flat(rois))
         .map_err(driver_error)?;
-    let params = launch::params(op, &dims);
+    let params = launch::params(op, dims);
     let (f, cfg) = prepare(
-        &device,
-        &launch::launch("forward", &dims, T::DTYPE, device.sm_count()),
+        device,
+        &launch::launch("forward", dims, T::DTYPE, device.sm_count()),
     )?;
-    let (fv, mut ov) = (features.view::<T>()?, out.view_mut::<T>()?);
     let mut b = stream.launch_builder(&f);
-    b.arg(&fv).arg(&rd).arg(&mut ov).arg(&params);
+    b.arg(features).arg(&rd).arg(out).arg(&params);
     // SAFETY: (const T* features, const float* rois, T* out, params): features holds N*C*H*W
     // elements, rois 5*K floats with batch indices in [0, N) (checked), out K*C*ph*pw (checked).
     unsafe { b.launch(cfg) }.map_err(driver_error)?;
@@ -68,24 +105,45 @@ fn backward_typed<T: CudaElement>(
 ) -> Result<()> {
     let dims = op.check(&*dx, rois)?;
     let device = dy.device().clone();
-    check_bf16(&device, T::DTYPE)?;
+    launch_backward(
+        &device,
+        op,
+        &dims,
+        rois,
+        &dy.view::<T>()?,
+        &mut dx.view_mut::<T>()?,
+    )
+}
+
+/// The backward launches on device views: `dx` (N*C*H*W elements, overwritten) from `dy`
+/// (K*C*ph*pw); f32 accumulates into `dx` itself, f16 / bf16 into an f32 buffer cast at the end.
+pub(crate) fn launch_backward<T: CudaElement>(
+    device: &CudaDevice,
+    op: &RoiAlign,
+    dims: &RoiDims,
+    rois: &[[f32; 5]],
+    dy: &CudaView<'_, T>,
+    dx: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    check_bf16(device, T::DTYPE)?;
+    let n: usize = dims.feature_shape().iter().product();
+    check_len("dy", dims.output_shape().iter().product(), dy.len())?;
+    check_len("dx", n, dx.len())?;
     let stream = device.stream();
     let rd = stream
         .clone_htod(&launch::rois_flat(rois))
         .map_err(driver_error)?;
-    let params = launch::params(op, &dims);
-    let n: usize = dims.feature_shape().iter().product();
-    let bwd = launch::launch("backward", &dims, T::DTYPE, device.sm_count());
-    let dyv = dy.view::<T>()?;
+    let params = launch::params(op, dims);
+    let bwd = launch::launch("backward", dims, T::DTYPE, device.sm_count());
     if T::DTYPE == DType::F32 {
-        let mut dxv = dx.view_mut::<f32>()?;
-        stream.memset_zeros(&mut dxv).map_err(driver_error)?;
+        // The f32 kernel accumulates into dx itself (T is f32 here).
+        stream.memset_zeros(dx).map_err(driver_error)?;
         if dy.is_empty() {
             return Ok(());
         }
-        let (f, cfg) = prepare(&device, &bwd)?;
+        let (f, cfg) = prepare(device, &bwd)?;
         let mut b = stream.launch_builder(&f);
-        b.arg(&dyv).arg(&rd).arg(&mut dxv).arg(&params);
+        b.arg(dy).arg(&rd).arg(dx).arg(&params);
         // SAFETY: (const T* dy, const float* rois, float* dx, params): dy holds K*C*ph*pw
         // elements, dx N*C*H*W floats (zeroed above), rois validated.
         unsafe { b.launch(cfg) }.map_err(driver_error)?;
@@ -93,19 +151,18 @@ fn backward_typed<T: CudaElement>(
     }
     let mut acc = stream.alloc_zeros::<f32>(n.max(1)).map_err(driver_error)?;
     if !dy.is_empty() {
-        let (f, cfg) = prepare(&device, &bwd)?;
+        let (f, cfg) = prepare(device, &bwd)?;
         let mut b = stream.launch_builder(&f);
-        b.arg(&dyv).arg(&rd).arg(&mut acc).arg(&params);
+        b.arg(dy).arg(&rd).arg(&mut acc).arg(&params);
         // SAFETY: as above, into the zeroed f32 accumulator of N*C*H*W floats.
         unsafe { b.launch(cfg) }.map_err(driver_error)?;
     }
     let (f, cfg) = prepare(
-        &device,
-        &launch::launch("cast", &dims, T::DTYPE, device.sm_count()),
+        device,
+        &launch::launch("cast", dims, T::DTYPE, device.sm_count()),
     )?;
-    let mut dxv = dx.view_mut::<T>()?;
     let mut b = stream.launch_builder(&f);
-    b.arg(&acc).arg(&acc).arg(&mut dxv).arg(&params);
+    b.arg(&acc).arg(&acc).arg(dx).arg(&params);
     // SAFETY: (const float* src, const float* unused, T* dst, params) over N*C*H*W elements of
     // the accumulator and dx.
     unsafe { b.launch(cfg) }.map_err(driver_error)?;
