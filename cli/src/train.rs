@@ -286,8 +286,6 @@ pub fn run(args: &TrainArgs) -> Result<TrainSummary, String> {
         None => Detector::init(config, args.seed, &device),
     }
     .map_err(|e| e.to_string())?;
-    // Validation runs on the same weights without recording autograd graphs.
-    let evaluated = Detector::frozen(config, &map, &device).map_err(|e| e.to_string())?;
     let (names, vars): (Vec<String>, Vec<_>) = a3d_detector::train::sorted_vars(&map)
         .map_err(|e| e.to_string())?
         .into_iter()
@@ -416,7 +414,12 @@ pub fn run(args: &TrainArgs) -> Result<TrainSummary, String> {
         let (mean, s1, s4) = if val.is_empty() {
             (f64::NAN, f64::NAN, f64::NAN)
         } else {
-            validate(&evaluated, &dl, &val, args.slices, args.input_size)?
+            {
+                // This epoch's weights and running statistics, recording no autograd graphs.
+                let evaluated =
+                    Detector::frozen(config, &map, &device).map_err(|e| e.to_string())?;
+                validate(&evaluated, &dl, &val, args.slices, args.input_size)?
+            }
         };
         if val.is_empty() || mean > best || best == f64::NEG_INFINITY {
             best = mean;

@@ -64,10 +64,12 @@ impl Detector {
         Ok((model, seeded.map.clone()))
     }
 
-    /// The model over `map`'s variables for evaluation: the same storage (later updates of the
-    /// variables show), but detached, so a pass records no autograd graph. A model built on
-    /// variables keeps every intermediate of a pass alive until the pass ends (its graph holds
-    /// them): twice the peak memory of the reference detector at D = 7, and slower.
+    /// The model with `map`'s current values for evaluation, detached, so that a pass records
+    /// no autograd graph: a model built on variables keeps every intermediate of a pass alive
+    /// until the pass ends (its graph holds them), 3.6x the peak memory of the reference
+    /// detector at D = 7, and slower. The weights share the variables' storage, but the
+    /// batch-norm running statistics are copied when the model is built (candle's batch norms
+    /// keep them as variables of their own): build it again after training steps.
     pub fn frozen(config: DetectorConfig, map: &VarMap, device: &Device) -> Result<Detector> {
         let tensors = map
             .data()

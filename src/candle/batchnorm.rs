@@ -66,12 +66,12 @@ impl Prologue {
     pub(crate) fn forward_affine(
         &self,
         op: &str,
-        x: &crate::Tensor,
+        (shape, x): (&[usize], &[f32]),
         norm: &[f32],
     ) -> candle_core::Result<Affine> {
         let (w, b) = Self::split(norm);
         if let Mode::Train(cell) = &self.mode {
-            let stats = batchnorm::channel_stats(x).map_err(|e| candle_err(op, e))?;
+            let stats = batchnorm::channel_stats_of(shape, x).map_err(|e| candle_err(op, e))?;
             *cell
                 .lock()
                 .map_err(|_| candle_core::Error::Msg(format!("{op}: poisoned")))? = Some(stats);

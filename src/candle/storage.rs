@@ -124,6 +124,56 @@ pub(crate) fn host_tensor(
     }
 }
 
+/// A candle CPU argument's shape, dtype and values as f32: candle's own buffer when it is f32
+/// and contiguous, else a converted copy.
+pub(crate) struct HostF32<'a> {
+    shape: &'a [usize],
+    dtype: DType,
+    /// Row-major values.
+    pub(crate) values: Cow<'a, [f32]>,
+}
+
+impl TensorInfo for HostF32<'_> {
+    fn shape(&self) -> &[usize] {
+        self.shape
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// `s` under layout `l` as [`HostF32`].
+pub(crate) fn host_f32<'a>(
+    op: &str,
+    arg: &str,
+    s: &'a CpuStorage,
+    l: &'a Layout,
+) -> candle_core::Result<HostF32<'a>> {
+    let (dtype, values) = match s {
+        CpuStorage::F32(v) => (DType::F32, contiguous(v, l)?),
+        CpuStorage::F16(v) => (
+            DType::F16,
+            Cow::Owned(contiguous(v, l)?.iter().map(|x| x.to_f32()).collect()),
+        ),
+        CpuStorage::BF16(v) => (
+            DType::BF16,
+            Cow::Owned(contiguous(v, l)?.iter().map(|x| x.to_f32()).collect()),
+        ),
+        other => {
+            return Err(candle_core::Error::Msg(format!(
+                "{op}: `{arg}` has dtype {:?}, expected f32, f16 or bf16",
+                other.dtype()
+            ))
+            .bt())
+        }
+    };
+    Ok(HostF32 {
+        shape: l.dims(),
+        dtype,
+        values,
+    })
+}
+
 /// An a3d host tensor as candle CPU storage of the same dtype.
 pub(crate) fn cpu_storage(op: &str, t: crate::Tensor) -> candle_core::Result<CpuStorage> {
     let err = |e| candle_err(op, e);

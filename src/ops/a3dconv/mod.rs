@@ -177,8 +177,8 @@ fn out_len(
 /// `x`'s C and non-zero kernel, `fusion_weight` `[D, D, C]`, `bias` `[O]`, dtypes equal to
 /// `x`'s, stride and dilation at least 1, a kernel that fits the padded input, and a countable
 /// output.
-pub fn check_forward<T: TensorInfo>(
-    x: &T,
+pub fn check_forward<X: TensorInfo, T: TensorInfo>(
+    x: &X,
     fusion_weight: Option<&T>,
     conv_weight: &T,
     bias: Option<&T>,
@@ -345,13 +345,35 @@ impl A3dConv<'_> {
     /// it, `prologue`), computed as the input is staged: the pre-activated tensor is never
     /// written.
     pub fn forward_with(&self, x: &Tensor, prologue: Option<&Affine>) -> Result<Tensor> {
-        let dims = self.dims(x)?;
+        self.forward_values(x, &f32_data(x)?, prologue)
+    }
+
+    /// [`A3dConv::forward_with`] of an input given as its shape and dtype (`x`) and its values
+    /// as f32 (`xf`, row-major): the candle op passes candle's own buffer, uncopied.
+    pub(crate) fn forward_values(
+        &self,
+        x: &impl TensorInfo,
+        xf: &[f32],
+        prologue: Option<&Affine>,
+    ) -> Result<Tensor> {
+        let dims = check_forward(
+            x,
+            self.fusion_weight,
+            self.conv_weight,
+            self.bias,
+            &self.params,
+        )?;
         check_prologue(&dims, prologue)?;
-        let xf = f32_data(x)?;
+        if xf.len() != x.shape().iter().product::<usize>() {
+            return Err(Error::InvalidArgument {
+                arg: "x",
+                message: format!("{} values for shape {:?}", xf.len(), x.shape()),
+            });
+        }
         let fw = self.fusion_weight.map(Tensor::to_f32_vec);
         let cw = f32_data(self.conv_weight)?;
         let bias = self.bias.map(Tensor::to_f32_vec);
-        let y = cpu_kernel::forward(&dims, &xf, prologue, fw.as_deref(), &cw, bias.as_deref())?;
+        let y = cpu_kernel::forward(&dims, xf, prologue, fw.as_deref(), &cw, bias.as_deref())?;
         from_f32(y, &dims.output_shape(), x.dtype())
     }
 

@@ -59,8 +59,22 @@ pub(crate) fn planes(arg: &'static str, shape: &[usize]) -> Result<(usize, usize
 
 /// Mean and biased variance of every channel of `x` (`[B, C, ...]`).
 pub fn channel_stats(x: &Tensor) -> Result<ChannelStats> {
-    let (b, c, rest) = planes("x", x.shape())?;
-    let (sum, sumsq) = crate::dtype::with_dtype!(x.dtype(), T => cpu_kernel::sums::<T>(x.as_slice::<T>()?, b, c, rest));
+    crate::dtype::with_dtype!(x.dtype(), T => channel_stats_of::<T>(x.shape(), x.as_slice::<T>()?))
+}
+
+/// [`channel_stats`] of the row-major `data` of `shape`.
+pub(crate) fn channel_stats_of<T: crate::tensor::HostElement>(
+    shape: &[usize],
+    data: &[T],
+) -> Result<ChannelStats> {
+    let (b, c, rest) = planes("x", shape)?;
+    if data.len() != b * c * rest {
+        return Err(Error::InvalidArgument {
+            arg: "x",
+            message: format!("{} values for shape {shape:?}", data.len()),
+        });
+    }
+    let (sum, sumsq) = cpu_kernel::sums::<T>(data, b, c, rest);
     let count = b * rest;
     let n = count.max(1) as f64;
     let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
