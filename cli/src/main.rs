@@ -7,6 +7,7 @@
 //! a3d selftest [--device cpu]
 //! ```
 
+mod alloc;
 mod bench;
 mod bench_a3dconv;
 mod bench_context;
@@ -306,6 +307,9 @@ fn keep_freed_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
+
+#[global_allocator]
+static ALLOCATOR: alloc::HugePages = alloc::HugePages;
 
 fn main() -> ExitCode {
     keep_freed_memory();

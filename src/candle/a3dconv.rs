@@ -154,8 +154,6 @@ impl A3dConvOp {
         if !(grads.input || grads.conv_weight || grads.fusion_weight) {
             return Ok((None, None, None));
         }
-        // Each tensor is copied out under its own read lock, one at a time.
-        let xh = with_cpu_storage(op, "x", x, |s, l| host_tensor(op, "x", s, l))?;
         let fw = fusion_weight
             .map(|t| {
                 with_cpu_storage(op, "fusion_weight", t, |s, l| {
@@ -166,7 +164,6 @@ impl A3dConvOp {
         let (weight, bias, norm) = with_cpu_storage(op, "params", params, |s, l| {
             host_params(op, s, l, self.weight_shape, self.bias, self.extra())
         })?;
-        let dyh = with_cpu_storage(op, "dy", dy, |s, l| host_tensor(op, "dy", s, l))?;
         let layer = a3dconv::A3dConv {
             fusion_weight: fw.as_ref(),
             conv_weight: &weight,
@@ -177,14 +174,30 @@ impl A3dConvOp {
             Some(p) => Some(p.backward_affine(op, &norm)?),
             None => None,
         };
-        let mut g = layer
-            .backward_with(&xh, affine.as_ref(), &dyh, grads)
-            .map_err(|e| candle_err(op, e))?;
-        // The norm's own gradients (through the batch statistics in training mode).
-        let d_norm = match &self.prologue {
-            Some(p) => Some(p.finish_backward(op, &xh, &norm, &mut g)?),
-            None => None,
-        };
+        // x and dy are read in place (f32, contiguous) under their read locks, held together
+        // for the pass (two different tensors: dy is the gradient of this op's output).
+        let (g, d_norm) = with_cpu_storage(op, "x", x, |xs, xl| {
+            let xh = host_f32(op, "x", xs, xl)?;
+            with_cpu_storage(op, "dy", dy, |ds, dl| {
+                let dyh = host_f32(op, "dy", ds, dl)?;
+                let mut g = layer
+                    .backward_values(
+                        (&xh, &xh.values),
+                        affine.as_ref(),
+                        (&dyh, &dyh.values),
+                        grads,
+                    )
+                    .map_err(|e| candle_err(op, e))?;
+                // The norm's own gradients (through the batch statistics in training mode).
+                let d_norm = match &self.prologue {
+                    Some(p) => {
+                        Some(p.finish_backward(op, (xl.dims(), &xh.values), &norm, &mut g)?)
+                    }
+                    None => None,
+                };
+                Ok((g, d_norm))
+            })
+        })?;
         let device = x.device();
         let dx = match x.track_op() {
             true => {

@@ -92,7 +92,7 @@ impl Prologue {
     pub(crate) fn finish_backward(
         &self,
         op: &str,
-        x: &crate::Tensor,
+        x: (&[usize], &[f32]),
         norm: &[f32],
         g: &mut crate::a3dconv::Gradients,
     ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
@@ -111,7 +111,7 @@ impl Prologue {
                     eps: self.eps,
                 };
                 let dx = g.dx.as_mut().ok_or_else(missing)?;
-                bn.train_backward_from_prologue(x, &st, &ds, &dt, dx)
+                bn.train_backward_from_prologue_values(x, &st, &ds, &dt, dx)
                     .map_err(|e| candle_err(op, e))
             }
             Mode::Eval { mean, var } => {

@@ -241,11 +241,11 @@ pub fn check_forward<X: TensorInfo, T: TensorInfo>(
 }
 
 /// Validates the backward arguments (forward's, plus `dy` of shape `[B, O, D, H', W']`).
-pub fn check_backward<T: TensorInfo>(
-    x: &T,
+pub fn check_backward<X: TensorInfo, T: TensorInfo>(
+    x: &X,
     fusion_weight: Option<&T>,
     conv_weight: &T,
-    dy: &T,
+    dy: &X,
     params: &Conv2dParams,
 ) -> Result<A3dConvDims> {
     let dims = check_forward(x, fusion_weight, conv_weight, None, params)?;
@@ -392,7 +392,27 @@ impl A3dConv<'_> {
         dy: &Tensor,
         grads: Grads,
     ) -> Result<Gradients> {
+        self.backward_values((x, &f32_data(x)?), prologue, (dy, &f32_data(dy)?), grads)
+    }
+
+    /// [`A3dConv::backward_with`] of `x` and `dy` given as shape and dtype with their values as
+    /// f32 (row-major): the candle op passes candle's own buffers, uncopied.
+    pub(crate) fn backward_values<X: TensorInfo>(
+        &self,
+        (x, xf): (&X, &[f32]),
+        prologue: Option<&Affine>,
+        (dy, dyf): (&X, &[f32]),
+        grads: Grads,
+    ) -> Result<Gradients> {
         let dims = check_backward(x, self.fusion_weight, self.conv_weight, dy, &self.params)?;
+        for (arg, t, values) in [("x", x, xf), ("dy", dy, dyf)] {
+            if values.len() != t.shape().iter().product::<usize>() {
+                return Err(Error::InvalidArgument {
+                    arg,
+                    message: format!("{} values for shape {:?}", values.len(), t.shape()),
+                });
+            }
+        }
         if let Some(b) = self.bias {
             check_shape("bias", &[dims.out_channels], b.shape())?;
             check_dtype("bias", x.dtype(), b.dtype())?;
@@ -401,12 +421,10 @@ impl A3dConv<'_> {
             fusion_weight: grads.fusion_weight && dims.fused,
             ..grads
         };
-        let xf = f32_data(x)?;
         let fw = self.fusion_weight.map(Tensor::to_f32_vec);
         let cw = f32_data(self.conv_weight)?;
-        let dyf = f32_data(dy)?;
         check_prologue(&dims, prologue)?;
-        let g = cpu_kernel::backward(&dims, &xf, prologue, fw.as_deref(), &cw, &dyf, grads)?;
+        let g = cpu_kernel::backward(&dims, xf, prologue, fw.as_deref(), &cw, dyf, grads)?;
         let dtype = x.dtype();
         let wrap = |v: Option<Vec<f32>>, shape: &[usize]| -> Result<Option<Tensor>> {
             v.map(|v| from_f32(v, shape, dtype)).transpose()

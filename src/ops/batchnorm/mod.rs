@@ -24,7 +24,7 @@ pub(crate) mod launch;
 pub mod reference;
 
 use crate::ops::common::{check_dtype, check_shape};
-use crate::{Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 /// PyTorch's default `eps` of `BatchNorm3d`.
 pub const DEFAULT_EPS: f32 = 1e-5;
@@ -358,6 +358,34 @@ impl BatchNorm<'_> {
         crate::dtype::with_dtype!(x.dtype(), T => cpu_kernel::add_affine_of::<T>(
             x.as_slice::<T>()?, &p, &q, c, rest, dx.as_mut_slice::<T>()?,
         ));
+        Ok((d_weight, d_bias))
+    }
+
+    /// [`BatchNorm::train_backward_from_prologue`] of `x` given as its shape and f32 values
+    /// (candle's buffer, uncopied); `dx` of any dtype (half types through f32).
+    pub(crate) fn train_backward_from_prologue_values(
+        &self,
+        (shape, x): (&[usize], &[f32]),
+        stats: &ChannelStats,
+        d_scale: &[f32],
+        d_shift: &[f32],
+        dx: &mut Tensor,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (_, c, rest) = planes("x", shape)?;
+        check_shape("dx", shape, dx.shape())?;
+        check_shape("x", &[dx.len()], &[x.len()])?;
+        check_shape("d_scale", &[c], &[d_scale.len()])?;
+        check_shape("d_shift", &[c], &[d_shift.len()])?;
+        let sx: Vec<f64> = d_scale.iter().map(|&v| v as f64).collect();
+        let sg: Vec<f64> = d_shift.iter().map(|&v| v as f64).collect();
+        let (p, q, d_weight, d_bias) = self.statistics_terms(stats, &sx, &sg);
+        if dx.dtype() == DType::F32 {
+            cpu_kernel::add_affine_of::<f32>(x, &p, &q, c, rest, dx.as_mut_slice::<f32>()?);
+        } else {
+            let mut wide = dx.to_f32_vec();
+            cpu_kernel::add_affine_of::<f32>(x, &p, &q, c, rest, &mut wide);
+            *dx = Tensor::from_vec(wide, shape)?.to_dtype(dx.dtype());
+        }
         Ok((d_weight, d_bias))
     }
 }
