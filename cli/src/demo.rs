@@ -12,8 +12,21 @@ use a3d_detector::{Detector, DetectorConfig, Preset};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
 
-/// Every operator, in the paper's order of comparison.
-const ALL_FUSIONS: [&str; 5] = ["none", "tsm", "depthconv", "alignshift", "a3d"];
+/// Every run of `--compare`: the 2D baseline, then every operator in the paper's order.
+const ALL_FUSIONS: [&str; 6] = ["2d", "none", "tsm", "depthconv", "alignshift", "a3d"];
+
+/// The baseline without any 3D context: the key slice alone (D = 1, no fusion). `none` still
+/// sees `--slices` slices and mixes them in the reduction-z convolutions after each block.
+const TWO_D: &str = "2d";
+
+/// The operator and slices of a demo run: `2d` is `none` on the key slice alone.
+fn operator_and_slices<'a>(run: &'a str, slices: usize) -> (&'a str, usize) {
+    if run == TWO_D {
+        ("none", 1)
+    } else {
+        (run, slices)
+    }
+}
 
 /// The marker that says a folder is a demo's own (so a rerun may replace what is in it).
 const MARKER: &str = "demo.json";
@@ -23,10 +36,12 @@ pub struct DemoArgs {
     /// The folder everything goes into (created; an existing one must be an earlier demo's).
     #[arg(long, default_value = "a3d-demo")]
     out: PathBuf,
-    /// Train every context operator (none, tsm, depthconv, alignshift, a3d) and compare them.
+    /// Train every context operator (none, tsm, depthconv, alignshift, a3d) and the 2D baseline
+    /// (`2d`: the key slice alone) and compare them.
     #[arg(long, conflicts_with = "fusion")]
     compare: bool,
-    /// The operators to train, comma-separated (default: a3d).
+    /// The operators to train, comma-separated (default: 2d,a3d); `2d` is the baseline without
+    /// 3D context (no fusion, the key slice alone).
     #[arg(long)]
     fusion: Option<String>,
     /// Synthetic scans (split 70 / 15 / 15 % into train, val, test).
@@ -85,10 +100,10 @@ fn parse_fusions(args: &DemoArgs) -> Result<Vec<String>, String> {
     let list: Vec<String> = match (&args.fusion, args.compare) {
         (_, true) => ALL_FUSIONS.iter().map(|s| s.to_string()).collect(),
         (Some(f), false) => f.split(',').map(|s| s.trim().to_string()).collect(),
-        (None, false) => vec!["a3d".to_string()],
+        (None, false) => vec![TWO_D.to_string(), "a3d".to_string()],
     };
     for f in &list {
-        if ContextFusion::from_name(f).is_none() {
+        if f != TWO_D && ContextFusion::from_name(f).is_none() {
             return Err(format!("--fusion {f}: one of {}", ALL_FUSIONS.join(", ")));
         }
     }
@@ -124,14 +139,15 @@ fn detections_json(
 }
 
 /// Trains one operator, then detects, evaluates and draws on the test split.
-fn run_one(args: &DemoArgs, data: &Path, fusion: &str) -> Result<Outcome, String> {
-    let dir = args.out.join(fusion);
+fn run_one(args: &DemoArgs, data: &Path, run: &str) -> Result<Outcome, String> {
+    let dir = args.out.join(run);
+    let (fusion, slices) = operator_and_slices(run, args.slices);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let steps = format!("{},{}", args.epochs * 2 / 3, args.epochs * 9 / 10);
     crate::say!(
-        "== training the tiny {fusion} detector ({} epochs)",
+        "== training the tiny {run} detector ({} epochs, {slices} slice(s))",
         args.epochs
     );
     let start = std::time::Instant::now();
@@ -139,7 +155,7 @@ fn run_one(args: &DemoArgs, data: &Path, fusion: &str) -> Result<Outcome, String
         data: data.to_path_buf(),
         preset: "tiny".into(),
         fusion: fusion.into(),
-        slices: args.slices,
+        slices,
         out: dir.clone(),
         epochs: args.epochs,
         lr: args.lr,
@@ -159,26 +175,26 @@ fn run_one(args: &DemoArgs, data: &Path, fusion: &str) -> Result<Outcome, String
     let train_s = start.elapsed().as_secs_f64();
 
     let op = ContextFusion::from_name(fusion).ok_or("unknown operator")?;
-    let config = DetectorConfig::new(Preset::Tiny, args.slices, op);
+    let config = DetectorConfig::new(Preset::Tiny, slices, op);
     let model = Detector::load(config, &summary.best, &Device::Cpu).map_err(|e| e.to_string())?;
     let dl = DeepLesion::open(data).map_err(|e| e.to_string())?;
     let keys = dl.key_slices(Some(Split::Test));
-    let (_, dets) = crate::train::detect_keys(&model, &dl, &keys, args.slices, args.size)?;
+    let (_, dets) = crate::train::detect_keys(&model, &dl, &keys, slices, args.size)?;
     let images: Vec<String> = keys.iter().map(|k| k.file_name.clone()).collect();
     let det_path = dir.join("test_detections.json");
-    detections_json(&det_path, fusion, &summary.best, &images, &dets)?;
+    detections_json(&det_path, run, &summary.best, &images, &dets)?;
 
     let rows: Vec<_> = read_dl_info(&data.join("DL_info.csv"))
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|l| l.split == Split::Test && !l.noisy)
         .collect();
-    crate::say!("== {fusion}: FROC on the held-out test split");
+    crate::say!("== {run}: FROC on the held-out test split");
     let curves = crate::eval::report(&rows, &dets, "test", false);
     let refs: Vec<(&str, &Froc)> = curves.iter().map(|(n, f)| (n.as_str(), f)).collect();
     if let Err(e) = crate::plot::froc_png(
         &dir.join("froc.png"),
-        &format!("tiny {fusion} detector, test split"),
+        &format!("tiny {run} detector, test split"),
         &refs,
     ) {
         crate::say!("froc.png not drawn: {e}");
@@ -213,7 +229,7 @@ fn run_one(args: &DemoArgs, data: &Path, fusion: &str) -> Result<Outcome, String
         .map(|(_, f)| f)
         .ok_or("no lesions in the test split")?;
     Ok(Outcome {
-        fusion: fusion.to_string(),
+        fusion: run.to_string(),
         froc,
         images_per_s: summary.images_per_s,
         train_s,
@@ -260,7 +276,7 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
     }
 
     crate::say!(
-        "\n== test-split FROC (sensitivity at FP per image), tiny detector, D = {}, {} epochs",
+        "\n== test-split FROC (sensitivity at FP per image), tiny detector, D = {} (2d: 1), {} epochs",
         args.slices,
         args.epochs
     );

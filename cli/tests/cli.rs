@@ -607,7 +607,7 @@ fn demo_trains_evaluates_and_draws_then_reruns_in_its_own_folder_only() {
         "--epochs",
         "1",
         "--fusion",
-        "a3d,none",
+        "a3d,2d",
     ];
     let stdout = a3d_ok(&args);
     assert!(
@@ -618,7 +618,14 @@ fn demo_trains_evaluates_and_draws_then_reruns_in_its_own_folder_only() {
         serde_json::from_str(&std::fs::read_to_string(out.join("demo.json")).unwrap()).unwrap();
     let test = summary["test"].as_array().unwrap();
     assert_eq!(test.len(), 2);
-    for (row, fusion) in test.iter().zip(["a3d", "none"]) {
+    // The 2D baseline is the model without fusion on the key slice alone.
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("2d/model.json")).unwrap()).unwrap();
+    assert_eq!(
+        (&model["fusion"], &model["slices"]),
+        (&"none".into(), &1.into())
+    );
+    for (row, fusion) in test.iter().zip(["a3d", "2d"]) {
         assert_eq!(row["fusion"], fusion);
         assert!(row["lesions"].as_u64().unwrap() > 0);
         let s1 = row["sensitivity"]["1"].as_f64().unwrap();
