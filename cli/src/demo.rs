@@ -20,7 +20,7 @@ const ALL_FUSIONS: [&str; 6] = ["2d", "none", "tsm", "depthconv", "alignshift", 
 const TWO_D: &str = "2d";
 
 /// The operator and slices of a demo run: `2d` is `none` on the key slice alone.
-fn operator_and_slices<'a>(run: &'a str, slices: usize) -> (&'a str, usize) {
+fn operator_and_slices(run: &str, slices: usize) -> (&str, usize) {
     if run == TWO_D {
         ("none", 1)
     } else {
