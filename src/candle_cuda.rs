@@ -13,8 +13,8 @@ use crate::cuda::CudaDevice as A3dDevice;
 use crate::cuda::CudaElement;
 use crate::fusion::cuda::{launch_forward, launch_grad_input, launch_grad_weight};
 use crate::fusion::FusionDims;
+use crate::ops::common::ShapeInfo;
 use crate::DType;
-use crate::TensorInfo;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDType, CudaStorage};
 use candle_core::{CudaDevice, Layout};
@@ -23,26 +23,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Shape and dtype of a candle CUDA argument, for a3d's argument checks.
-pub(crate) struct CudaArg<'a> {
-    shape: &'a [usize],
-    dtype: DType,
-}
-
-impl TensorInfo for CudaArg<'_> {
-    fn shape(&self) -> &[usize] {
-        self.shape
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-}
-
 pub(crate) fn arg<'a>(
     op: &str,
     name: &str,
     s: &CudaStorage,
     l: &'a Layout,
-) -> candle_core::Result<CudaArg<'a>> {
+) -> candle_core::Result<ShapeInfo<'a>> {
     let dtype = match s.dtype() {
         candle_core::DType::F32 => DType::F32,
         candle_core::DType::F16 => DType::F16,
@@ -51,7 +37,7 @@ pub(crate) fn arg<'a>(
             candle_core::bail!("{op}: `{name}` has dtype {other:?}, expected f32, f16 or bf16")
         }
     };
-    Ok(CudaArg {
+    Ok(ShapeInfo {
         shape: l.dims(),
         dtype,
     })

@@ -127,7 +127,7 @@ impl A3dConvOp {
             None => None,
         };
         let y = layer
-            .forward_values(&x, &x.values, affine.as_ref())
+            .forward_values(&x.info, &x.values, affine.as_ref())
             .map_err(|e| candle_err(op, e))?;
         let shape = Shape::from_dims(y.shape());
         Ok((cpu_storage(op, y)?, shape))
@@ -182,9 +182,9 @@ impl A3dConvOp {
                 let dyh = host_f32(op, "dy", ds, dl)?;
                 let mut g = layer
                     .backward_values(
-                        (&xh, &xh.values),
+                        (&xh.info, &xh.values),
                         affine.as_ref(),
-                        (&dyh, &dyh.values),
+                        (&dyh.info, &dyh.values),
                         grads,
                     )
                     .map_err(|e| candle_err(op, e))?;

@@ -8,9 +8,9 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use super::storage::{candle_err, contiguous, cpu_storage, host_tensor};
 use crate::boxes::Nms;
-use crate::roi_align::RoiAlign;
 #[cfg(feature = "candle-cuda")]
-use crate::TensorInfo;
+use crate::ops::common::ShapeInfo;
+use crate::roi_align::RoiAlign;
 
 /// The RoIs of a candle `[K, 5]` tensor (any float dtype candle holds; read as f32).
 fn rois_of(op: &str, s: &CpuStorage, l: &Layout) -> candle_core::Result<Vec<[f32; 5]>> {
@@ -75,7 +75,7 @@ impl CustomOp2 for RoiAlignOp {
         let fa = crate::candle_cuda::arg(op, "features", s1, l1)?;
         let rois = rois_of(op, &s2.to_cpu_storage()?, l2)?;
         let dims = self.0.check(&fa, &rois).map_err(|e| candle_err(op, e))?;
-        let y = crate::dtype::with_dtype!(fa.dtype(), T => crate::candle_cuda::roi_align::<T>(
+        let y = crate::dtype::with_dtype!(fa.dtype, T => crate::candle_cuda::roi_align::<T>(
             op, &self.0, &dims, &rois, false, (s1, l1))?);
         Ok((y, Shape::from(dims.output_shape().as_slice())))
     }
@@ -137,7 +137,10 @@ impl CustomOp2 for RoiAlignGradOp {
         let op = self.name();
         let dya = crate::candle_cuda::arg(op, "dy", s1, l1)?;
         let rois = rois_of(op, &s2.to_cpu_storage()?, l2)?;
-        let features = FeatureShape(&self.feature_shape, dya.dtype());
+        let features = ShapeInfo {
+            shape: &self.feature_shape,
+            dtype: dya.dtype,
+        };
         let dims = self
             .op
             .check(&features, &rois)
@@ -149,23 +152,9 @@ impl CustomOp2 for RoiAlignGradOp {
                 dims.output_shape()
             );
         }
-        let dx = crate::dtype::with_dtype!(dya.dtype(), T => crate::candle_cuda::roi_align::<T>(
+        let dx = crate::dtype::with_dtype!(dya.dtype, T => crate::candle_cuda::roi_align::<T>(
             op, &self.op, &dims, &rois, true, (s1, l1))?);
         Ok((dx, Shape::from(self.feature_shape.as_slice())))
-    }
-}
-
-/// The features' shape and dtype, for the argument checks of the backward.
-#[cfg(feature = "candle-cuda")]
-struct FeatureShape<'a>(&'a [usize], crate::DType);
-
-#[cfg(feature = "candle-cuda")]
-impl TensorInfo for FeatureShape<'_> {
-    fn shape(&self) -> &[usize] {
-        self.0
-    }
-    fn dtype(&self) -> crate::DType {
-        self.1
     }
 }
 

@@ -7,24 +7,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Tensor};
 
 use crate::dtype::with_dtype;
+use crate::ops::common::ShapeInfo;
 use crate::tensor::HostElement;
-use crate::TensorInfo;
 use crate::{DType, Element};
-
-/// Shape and dtype of one candle argument, for a3d's argument checks.
-pub(crate) struct ArgInfo<'a> {
-    pub(crate) shape: &'a [usize],
-    pub(crate) dtype: DType,
-}
-
-impl TensorInfo for ArgInfo<'_> {
-    fn shape(&self) -> &[usize] {
-        self.shape
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-}
 
 /// An a3d error as a candle error, prefixed with the op's name.
 pub(crate) fn candle_err(op: &str, e: crate::Error) -> candle_core::Error {
@@ -50,8 +35,8 @@ pub(crate) fn info<'a>(
     arg: &str,
     s: &CpuStorage,
     l: &'a Layout,
-) -> candle_core::Result<ArgInfo<'a>> {
-    Ok(ArgInfo {
+) -> candle_core::Result<ShapeInfo<'a>> {
+    Ok(ShapeInfo {
         shape: l.dims(),
         dtype: a3d_dtype(op, arg, s)?,
     })
@@ -127,19 +112,10 @@ pub(crate) fn host_tensor(
 /// A candle CPU argument's shape, dtype and values as f32: candle's own buffer when it is f32
 /// and contiguous, else a converted copy.
 pub(crate) struct HostF32<'a> {
-    shape: &'a [usize],
-    dtype: DType,
+    /// Shape and dtype, for the argument checks.
+    pub(crate) info: ShapeInfo<'a>,
     /// Row-major values.
     pub(crate) values: Cow<'a, [f32]>,
-}
-
-impl TensorInfo for HostF32<'_> {
-    fn shape(&self) -> &[usize] {
-        self.shape
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
 }
 
 /// `s` under layout `l` as [`HostF32`].
@@ -168,8 +144,10 @@ pub(crate) fn host_f32<'a>(
         }
     };
     Ok(HostF32 {
-        shape: l.dims(),
-        dtype,
+        info: ShapeInfo {
+            shape: l.dims(),
+            dtype,
+        },
         values,
     })
 }

@@ -15,6 +15,23 @@ pub trait TensorInfo {
     fn dtype(&self) -> DType;
 }
 
+/// A shape and dtype without the data: the argument checks of buffers held elsewhere (candle's
+/// host or device storage).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShapeInfo<'a> {
+    pub(crate) shape: &'a [usize],
+    pub(crate) dtype: DType,
+}
+
+impl TensorInfo for ShapeInfo<'_> {
+    fn shape(&self) -> &[usize] {
+        self.shape
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
 impl TensorInfo for Tensor {
     fn shape(&self) -> &[usize] {
         Tensor::shape(self)
