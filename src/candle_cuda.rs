@@ -238,7 +238,19 @@ pub(crate) fn depthconv_grads<T: CudaDType + CudaElement>(
 
 /// RoIAlign on candle's device at host `rois` (checked into `dims`): from the features `src`
 /// the pooled `[K, C, ph, pw]`, or with `backward` from `dy` the features' gradient.
-pub(crate) fn roi_align<T: CudaDType + CudaElement>(
+pub(crate) fn roi_align(
+    op: &str,
+    roi_align: &crate::roi_align::RoiAlign,
+    dims: &crate::roi_align::RoiDims,
+    rois: &[[f32; 5]],
+    backward: bool,
+    src: (&CudaStorage, &Layout),
+) -> candle_core::Result<CudaStorage> {
+    let dtype = arg(op, if backward { "dy" } else { "features" }, src.0, src.1)?.dtype;
+    crate::dtype::with_dtype!(dtype, T => roi_align_typed::<T>(op, roi_align, dims, rois, backward, src))
+}
+
+fn roi_align_typed<T: CudaDType + CudaElement>(
     op: &str,
     roi_align: &crate::roi_align::RoiAlign,
     dims: &crate::roi_align::RoiDims,

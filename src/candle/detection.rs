@@ -75,8 +75,7 @@ impl CustomOp2 for RoiAlignOp {
         let fa = crate::candle_cuda::arg(op, "features", s1, l1)?;
         let rois = rois_of(op, &s2.to_cpu_storage()?, l2)?;
         let dims = self.0.check(&fa, &rois).map_err(|e| candle_err(op, e))?;
-        let y = crate::dtype::with_dtype!(fa.dtype, T => crate::candle_cuda::roi_align::<T>(
-            op, &self.0, &dims, &rois, false, (s1, l1))?);
+        let y = crate::candle_cuda::roi_align(op, &self.0, &dims, &rois, false, (s1, l1))?;
         Ok((y, Shape::from(dims.output_shape().as_slice())))
     }
 
@@ -152,8 +151,7 @@ impl CustomOp2 for RoiAlignGradOp {
                 dims.output_shape()
             );
         }
-        let dx = crate::dtype::with_dtype!(dya.dtype, T => crate::candle_cuda::roi_align::<T>(
-            op, &self.op, &dims, &rois, true, (s1, l1))?);
+        let dx = crate::candle_cuda::roi_align(op, &self.op, &dims, &rois, true, (s1, l1))?;
         Ok((dx, Shape::from(self.feature_shape.as_slice())))
     }
 }

@@ -306,6 +306,27 @@ impl BatchNorm<'_> {
         })
     }
 
+    /// The checks and per-channel terms both prologue backwards share: `(C, values per plane,
+    /// p, q, d_weight, d_bias)` for an input of `shape` and its gradient `dx`.
+    #[allow(clippy::type_complexity)]
+    fn prologue_terms(
+        &self,
+        shape: &[usize],
+        dx: &Tensor,
+        stats: &ChannelStats,
+        d_scale: &[f32],
+        d_shift: &[f32],
+    ) -> Result<(usize, usize, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (_, c, rest) = planes("x", shape)?;
+        check_shape("dx", shape, dx.shape())?;
+        check_shape("d_scale", &[c], &[d_scale.len()])?;
+        check_shape("d_shift", &[c], &[d_shift.len()])?;
+        let sx: Vec<f64> = d_scale.iter().map(|&v| v as f64).collect();
+        let sg: Vec<f64> = d_shift.iter().map(|&v| v as f64).collect();
+        let (p, q, d_weight, d_bias) = self.statistics_terms(stats, &sx, &sg);
+        Ok((c, rest, p, q, d_weight, d_bias))
+    }
+
     /// From `d_scale = sum g * x` and `d_shift = sum g` (`g` the gradient after the ReLU mask,
     /// e.g. the prologue gradients of [`crate::a3dconv::A3dConv::backward_with`]): the per-channel
     /// `p`, `q` with `dx = scale * g + p * x + q`, and `d_weight`, `d_bias`.
@@ -347,14 +368,9 @@ impl BatchNorm<'_> {
         d_shift: &[f32],
         dx: &mut Tensor,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (_, c, rest) = planes("x", x.shape())?;
-        check_shape("dx", x.shape(), dx.shape())?;
         check_dtype("dx", x.dtype(), dx.dtype())?;
-        check_shape("d_scale", &[c], &[d_scale.len()])?;
-        check_shape("d_shift", &[c], &[d_shift.len()])?;
-        let sx: Vec<f64> = d_scale.iter().map(|&v| v as f64).collect();
-        let sg: Vec<f64> = d_shift.iter().map(|&v| v as f64).collect();
-        let (p, q, d_weight, d_bias) = self.statistics_terms(stats, &sx, &sg);
+        let (c, rest, p, q, d_weight, d_bias) =
+            self.prologue_terms(x.shape(), dx, stats, d_scale, d_shift)?;
         crate::dtype::with_dtype!(x.dtype(), T => cpu_kernel::add_affine_of::<T>(
             x.as_slice::<T>()?, &p, &q, c, rest, dx.as_mut_slice::<T>()?,
         ));
@@ -371,14 +387,9 @@ impl BatchNorm<'_> {
         d_shift: &[f32],
         dx: &mut Tensor,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (_, c, rest) = planes("x", shape)?;
-        check_shape("dx", shape, dx.shape())?;
         check_shape("x", &[dx.len()], &[x.len()])?;
-        check_shape("d_scale", &[c], &[d_scale.len()])?;
-        check_shape("d_shift", &[c], &[d_shift.len()])?;
-        let sx: Vec<f64> = d_scale.iter().map(|&v| v as f64).collect();
-        let sg: Vec<f64> = d_shift.iter().map(|&v| v as f64).collect();
-        let (p, q, d_weight, d_bias) = self.statistics_terms(stats, &sx, &sg);
+        let (c, rest, p, q, d_weight, d_bias) =
+            self.prologue_terms(shape, dx, stats, d_scale, d_shift)?;
         if dx.dtype() == DType::F32 {
             cpu_kernel::add_affine_of::<f32>(x, &p, &q, c, rest, dx.as_mut_slice::<f32>()?);
         } else {
