@@ -1,20 +1,58 @@
-//! A stride-1 2D convolution whose input gradient is itself a convolution.
+//! A stride-1 2D convolution with CPU kernels of its own, forward and backward.
 //!
 //! candle's `conv2d` back-propagates to its input through `conv_transpose2d`, whose CPU
 //! implementation is a scalar loop of dot products: for the detector's RPN convolution (3x3,
 //! 512 channels, 128 x 128) that one gradient took about a quarter of a whole training step.
-//! [`Conv2d`] runs the same forward as candle (bit for bit: it calls candle's `conv2d`) and
-//! computes the gradients as candle's im2col convolutions: `dx` as the convolution of `dy` with
-//! the kernel flipped and its channel axes swapped (padding `k - 1 - p`), `dw` as candle does.
+//! Its im2col forward and its weight gradient (a convolution of the transposed tensors) were the
+//! next largest costs. [`Conv2d`] runs all three as slabbed im2col products
+//! ([`conv2d_cpu`](super::conv2d_cpu)): the forward, `dx` as the convolution of `dy` with the
+//! kernel flipped and its channel axes swapped (padding `k - 1 - p`), and `dw`.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::storage::contiguous;
+use super::conv2d_cpu::{
+    conv_forward, flipped_transposed, weight_gradient, ConvDims, SLAB_ELEMENTS,
+};
+use super::storage::{contiguous, with_cpu_storage};
 
 /// `x.conv2d(w, padding, 1, 1, 1)` with the gradients of the module docs (CPU, f32).
 struct Conv2dOp {
     padding: usize,
+}
+
+impl Conv2dOp {
+    /// The sizes of `x [B, I, H, W]` convolved with `w [O, I, k, k]`, checked.
+    fn dims(&self, x: &[usize], w: &[usize]) -> Result<ConvDims> {
+        let (&[batch, in_channels, height, width], &[out_channels, wi, kernel, kw]) = (x, w) else {
+            candle_core::bail!("a3d-conv2d: x {x:?} and weight {w:?} must both have rank 4");
+        };
+        let d = ConvDims {
+            batch,
+            in_channels,
+            height,
+            width,
+            out_channels,
+            kernel,
+            padding: self.padding,
+        };
+        if wi != in_channels || kw != kernel || self.padding >= kernel || d.out_size().is_none() {
+            candle_core::bail!(
+                "a3d-conv2d: weight {w:?} (padding {}) does not convolve x {x:?}",
+                self.padding
+            );
+        }
+        Ok(d)
+    }
+}
+
+/// The f32 values of a CPU storage's view, in row-major order.
+fn f32_values<'a>(s: &'a CpuStorage, l: &Layout) -> Result<std::borrow::Cow<'a, [f32]>> {
+    match s {
+        CpuStorage::F32(v) => contiguous(v, l),
+        _ => candle_core::bail!("a3d-conv2d: f32 only, got {:?}", s.dtype()),
+    }
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -29,15 +67,18 @@ impl CustomOp2 for Conv2dOp {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(xv), CpuStorage::F32(wv)) = (xs, ws) else {
-            candle_core::bail!("a3d-conv2d: f32 only");
-        };
-        let dev = candle_core::Device::Cpu;
-        let x = Tensor::from_slice(&contiguous(xv, xl)?, xl.dims(), &dev)?;
-        let w = Tensor::from_slice(&contiguous(wv, wl)?, wl.dims(), &dev)?;
-        let y = x.conv2d(&w, self.padding, 1, 1, 1)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
+        let d = self.dims(xl.dims(), wl.dims())?;
+        let y = conv_forward(
+            &f32_values(xs, xl)?,
+            &f32_values(ws, wl)?,
+            &d,
+            SLAB_ELEMENTS,
+        );
+        let (ho, wo) = d.out_size().unwrap_or((0, 0));
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((d.batch, d.out_channels, ho, wo)),
+        ))
     }
 
     fn bwd(
@@ -47,20 +88,30 @@ impl CustomOp2 for Conv2dOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (x, w, dy) = (x.detach(), w.detach(), dy.detach());
-        let k = w.dim(2)?;
-        let flipped = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
-        let dx = dy.conv2d(&flipped, k - 1 - self.padding, 1, 1, 1)?;
-        let dw = x
-            .transpose(0, 1)?
-            .conv2d(&dy.transpose(0, 1)?, self.padding, 1, 1, 1)?
-            .transpose(0, 1)?;
-        Ok((Some(dx), Some(dw)))
+        let d = self.dims(x.dims(), w.dims())?;
+        let (ho, wo) = d.out_size().unwrap_or((0, 0));
+        if dy.dims() != [d.batch, d.out_channels, ho, wo] {
+            candle_core::bail!("a3d-conv2d: dy has shape {:?}", dy.dims());
+        }
+        let (dx, dw) = with_cpu_storage("a3d-conv2d", "x", x, |xs, xl| {
+            with_cpu_storage("a3d-conv2d", "weight", w, |ws, wl| {
+                with_cpu_storage("a3d-conv2d", "dy", dy, |ds, dl| {
+                    let (xv, dv) = (f32_values(xs, xl)?, f32_values(ds, dl)?);
+                    let flipped = flipped_transposed(&f32_values(ws, wl)?, &d);
+                    let dx = conv_forward(&dv, &flipped, &d.transposed(), SLAB_ELEMENTS);
+                    Ok((dx, weight_gradient(&xv, &dv, &d, SLAB_ELEMENTS)))
+                })
+            })
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.dims(), x.device())?),
+            Some(Tensor::from_vec(dw, w.dims(), w.device())?),
+        ))
     }
 }
 
 /// A square, stride-1 2D convolution with bias (`weight` `[O, I, k, k]`, `bias` `[O]`, the names
-/// of `candle_nn::Conv2d`), the same forward as candle's and faster gradients on the CPU. Other
+/// of `candle_nn::Conv2d`) with a3d's CPU kernels for the forward and both gradients. Other
 /// devices and dtypes use candle's `conv2d` and its autograd.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
@@ -125,7 +176,7 @@ mod tests {
     use candle_core::{Device, Var};
     use candle_nn::VarMap;
 
-    /// Forward equal to candle's bit for bit; gradients of x, weight and bias within float
+    /// Forward within float rounding of candle's; gradients of x, weight and bias within float
     /// rounding of candle's own autograd, on odd sizes, for 3x3 (padding 1 and 0) and 1x1.
     #[test]
     fn matches_candle_conv2d_and_its_gradients() -> Result<()> {
@@ -155,7 +206,12 @@ mod tests {
                 ours.flatten_all()?.to_vec1::<f32>()?,
                 theirs.flatten_all()?.to_vec1::<f32>()?,
             );
-            assert_eq!(a, r, "forward k={k} p={p}");
+            let worst = a
+                .iter()
+                .zip(&r)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "forward k={k} p={p}: {worst}");
             let g = Tensor::from_vec(rng.vec_f32(a.len(), -1.0, 1.0), ours.shape(), &dev)?;
             let ga = (&ours * &g)?.sum_all()?.backward()?;
             let gb = (&theirs * &g)?.sum_all()?.backward()?;

@@ -28,6 +28,7 @@ mod batchnorm;
 mod context;
 mod context_conv;
 mod conv2d;
+mod conv2d_cpu;
 mod detection;
 mod fusion;
 mod storage;

@@ -81,7 +81,7 @@ impl SharedMut {
 /// Every addressed element of `lhs` and `rhs` is readable, every addressed element of `dst`
 /// writable and not read or written by another thread during the call.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn matmul(
+pub(crate) unsafe fn matmul(
     [m, n, k]: [usize; 3],
     dst: *mut f32,
     [dst_rs, dst_cs]: [usize; 2],
