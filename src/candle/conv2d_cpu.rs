@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use crate::ops::a3dconv::cpu_kernel::matmul;
+use crate::ops::a3dconv::cpu_kernel::{matmul, SharedMut};
 
 /// The sizes of a stride-1 convolution with a square kernel and zero padding.
 #[derive(Clone, Copy, Debug)]
@@ -96,45 +96,62 @@ fn im2col_slab(x: &[f32], d: &ConvDims, b: usize, r0: usize, rows: usize, cols: 
         });
 }
 
+/// Calls `f(b, r0, pixels, cols)` for every batch item `b` and slab of output rows from `r0`
+/// (`pixels` output pixels), after filling `cols[(i, ky, kx), pixel]` for that slab: the one
+/// loop the forward and the weight gradient share, in a fixed order.
+fn for_each_slab(
+    x: &[f32],
+    d: &ConvDims,
+    slab_elements: usize,
+    mut f: impl FnMut(usize, usize, usize, &[f32]),
+) {
+    let (ho, wo) = d.out_size().unwrap_or((0, 0));
+    let taps = d.taps();
+    let slab_rows = split(d, slab_elements).0;
+    let mut cols = vec![0f32; taps * slab_rows * wo];
+    for b in 0..d.batch {
+        for r0 in (0..ho).step_by(slab_rows) {
+            let pixels = slab_rows.min(ho - r0) * wo;
+            let cols = &mut cols[..taps * pixels];
+            im2col_slab(x, d, b, r0, pixels / wo, cols);
+            f(b, r0, pixels, cols);
+        }
+    }
+}
+
 /// `y[b, o, y, x] = sum over i, ky, kx of w[o, i, ky, kx] * x[b, i, y + ky - p, x + kx - p]`
 /// (no bias) for contiguous `x [B, I, H, W]` and `w [O, I, k, k]` whose sizes the caller
 /// checked (`d.out_size()` is `Some`).
 pub(super) fn conv_forward(x: &[f32], w: &[f32], d: &ConvDims, slab_elements: usize) -> Vec<f32> {
     let (ho, wo) = d.out_size().unwrap_or((0, 0));
     let taps = d.taps();
-    let (slab_rows, per_task) = split(d, slab_elements);
+    let per_task = split(d, slab_elements).1;
     let mut y = vec![0f32; d.batch * d.out_channels * ho * wo];
-    let mut cols = vec![0f32; taps * slab_rows * wo];
-    for (b, yb) in y.chunks_mut((d.out_channels * ho * wo).max(1)).enumerate() {
-        for r0 in (0..ho).step_by(slab_rows) {
-            let pixels = slab_rows.min(ho - r0) * wo;
-            im2col_slab(x, d, b, r0, pixels / wo, &mut cols[..taps * pixels]);
-            let cols = &cols;
-            let out = OutRows(yb.as_mut_ptr());
-            (0..d.out_channels.div_ceil(per_task))
-                .into_par_iter()
-                .for_each(|task| {
-                    let o0 = task * per_task;
-                    let m = per_task.min(d.out_channels - o0);
-                    // SAFETY: task `task` alone writes y's rows [o0, o0 + m) of this batch item
-                    // (row stride Ho Wo), columns [r0 Wo, r0 Wo + pixels) of each, inside `yb`;
-                    // w holds m rows of `taps` values from row o0; cols holds taps rows of
-                    // `pixels` values.
-                    unsafe {
-                        matmul(
-                            [m, pixels, taps],
-                            out.get().add(o0 * ho * wo + r0 * wo),
-                            [ho * wo, 1],
-                            false,
-                            w.as_ptr().add(o0 * taps),
-                            [taps, 1],
-                            cols.as_ptr(),
-                            [pixels, 1],
-                        )
-                    }
-                });
-        }
-    }
+    let image = d.out_channels * ho * wo;
+    for_each_slab(x, d, slab_elements, |b, r0, pixels, cols| {
+        let out = SharedMut(y[b * image..].as_mut_ptr());
+        (0..d.out_channels.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|task| {
+                let o0 = task * per_task;
+                let m = per_task.min(d.out_channels - o0);
+                // SAFETY: task `task` alone writes y's rows [o0, o0 + m) of batch item b (row
+                // stride Ho Wo), columns [r0 Wo, r0 Wo + pixels) of each, inside y; w holds m
+                // rows of `taps` values from row o0; cols holds taps rows of `pixels` values.
+                unsafe {
+                    matmul(
+                        [m, pixels, taps],
+                        out.ptr().add(o0 * ho * wo + r0 * wo),
+                        [ho * wo, 1],
+                        false,
+                        w.as_ptr().add(o0 * taps),
+                        [taps, 1],
+                        cols.as_ptr(),
+                        [pixels, 1],
+                    )
+                }
+            });
+    });
     y
 }
 
@@ -149,39 +166,33 @@ pub(super) fn weight_gradient(
 ) -> Vec<f32> {
     let (ho, wo) = d.out_size().unwrap_or((0, 0));
     let taps = d.taps();
-    let (slab_rows, per_task) = split(d, slab_elements);
+    let per_task = split(d, slab_elements).1;
     let mut dw = vec![0f32; d.out_channels * taps];
-    let mut cols = vec![0f32; taps * slab_rows * wo];
-    for b in 0..d.batch {
-        for r0 in (0..ho).step_by(slab_rows) {
-            let pixels = slab_rows.min(ho - r0) * wo;
-            im2col_slab(x, d, b, r0, pixels / wo, &mut cols[..taps * pixels]);
-            let lhs = &dy[b * d.out_channels * ho * wo + r0 * wo..];
-            let cols = &cols;
-            dw.par_chunks_mut(per_task * taps)
-                .enumerate()
-                .for_each(|(task, out)| {
-                    let o0 = task * per_task;
-                    let m = out.len() / taps;
-                    // SAFETY: `out` is dw's rows [o0, o0 + m), taps columns each, this task's
-                    // alone; lhs row o (stride Ho Wo) holds `pixels` values of dy's slab, inside
-                    // dy because o < O and r0 + rows <= Ho; cols holds taps rows of `pixels`
-                    // values, read as its transpose.
-                    unsafe {
-                        matmul(
-                            [m, taps, pixels],
-                            out.as_mut_ptr(),
-                            [taps, 1],
-                            true,
-                            lhs.as_ptr().add(o0 * ho * wo),
-                            [ho * wo, 1],
-                            cols.as_ptr(),
-                            [1, pixels],
-                        )
-                    }
-                });
-        }
-    }
+    for_each_slab(x, d, slab_elements, |b, r0, pixels, cols| {
+        let lhs = &dy[b * d.out_channels * ho * wo + r0 * wo..];
+        dw.par_chunks_mut(per_task * taps)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let o0 = task * per_task;
+                let m = out.len() / taps;
+                // SAFETY: `out` is dw's rows [o0, o0 + m), taps columns each, this task's
+                // alone; lhs row o (stride Ho Wo) holds `pixels` values of dy's slab, inside
+                // dy because o < O and r0 + rows <= Ho; cols holds taps rows of `pixels`
+                // values, read as its transpose.
+                unsafe {
+                    matmul(
+                        [m, taps, pixels],
+                        out.as_mut_ptr(),
+                        [taps, 1],
+                        true,
+                        lhs.as_ptr().add(o0 * ho * wo),
+                        [ho * wo, 1],
+                        cols.as_ptr(),
+                        [1, pixels],
+                    )
+                }
+            });
+    });
     dw
 }
 
@@ -200,21 +211,6 @@ pub(super) fn flipped_transposed(w: &[f32], d: &ConvDims) -> Vec<f32> {
         }
     }
     out
-}
-
-/// The output base pointer, shared by tasks that write disjoint rows of it.
-#[derive(Clone, Copy)]
-struct OutRows(*mut f32);
-// SAFETY: only used to hand disjoint output rows to tasks (see `conv_forward`).
-unsafe impl Send for OutRows {}
-// SAFETY: as above.
-unsafe impl Sync for OutRows {}
-
-impl OutRows {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 #[cfg(test)]

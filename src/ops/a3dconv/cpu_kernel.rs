@@ -61,7 +61,7 @@ pub(super) use crate::ops::common::zeroed_f32 as alloc;
 
 /// A pointer that rayon tasks may share; each task writes a disjoint part of the buffer.
 #[derive(Clone, Copy)]
-pub(super) struct SharedMut(pub(super) *mut f32);
+pub(crate) struct SharedMut(pub(crate) *mut f32);
 // SAFETY: only used to hand disjoint output regions to tasks; see each use.
 unsafe impl Send for SharedMut {}
 // SAFETY: as above.
@@ -69,7 +69,7 @@ unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
     /// The pointer (a method, so closures capture the whole `Sync` wrapper, not the raw field).
-    pub(super) fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }
 }
