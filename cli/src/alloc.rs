@@ -1,12 +1,13 @@
 //! The CLI's global allocator: the system's, asking the kernel for transparent huge pages on
 //! large blocks.
 //!
-//! The detector's tensors are tens to hundreds of megabytes, and glibc maps every block above
-//! 32 MiB fresh from the kernel: touching one took a page fault per 4 KiB (17 % of the reference
-//! detector's inference at D = 7 in perf). Where transparent huge pages are enabled on request
-//! (`madvise`, the usual default), marking a large block `MADV_HUGEPAGE` before first use has it
-//! faulted in 2 MiB at a time. Nothing else changes: the memory comes from and goes back to the
-//! system allocator.
+//! The detector's tensors are tens to hundreds of megabytes. `main` has glibc keep every block
+//! in its heap for reuse (`keep_freed_memory`), so the kernel backs each page once, when the
+//! heap first grows over it; before that, every block above 32 MiB was mapped fresh and touching
+//! it took a page fault per 4 KiB (17 % of the reference detector's inference at D = 7 in perf).
+//! Where transparent huge pages are enabled on request (`madvise`, the usual default), marking
+//! a large block `MADV_HUGEPAGE` before first use has new heap memory faulted in 2 MiB at a
+//! time. Nothing else changes: the memory comes from and goes back to the system allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 

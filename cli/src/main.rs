@@ -290,16 +290,20 @@ fn parse_dtypes(s: &str) -> Result<Vec<DType>, String> {
 }
 
 /// Keeps freed memory in glibc's heap for reuse. The detector allocates and frees tensors of
-/// tens of megabytes per layer; by default glibc maps each one fresh from the kernel and returns
-/// it when freed, and the page faults of touching them again were about 30 % of a reference
-/// training step (bench/RESULTS.md). Allocations above 32 MiB (glibc's largest threshold) are
-/// still mapped; up to 1 GiB free at the top of the heap is kept.
+/// tens to hundreds of megabytes per layer. By default glibc maps every block above its mmap
+/// threshold (at most 32 MiB) fresh from the kernel and unmaps it when freed, and a thread other
+/// than the main one allocates from an arena of its own, whose heaps hold at most 64 MiB, so its
+/// large blocks are mapped fresh whatever the threshold. The kernel zeroes each fresh page:
+/// `clear_page` was 32-37 % of a reference detection at D = 7 on an Intel Xeon VM
+/// (bench/RESULTS.md). So: one arena for every thread (small blocks still come from each
+/// thread's cache first), no mapped blocks, and up to 1 GiB free at the top of the heap kept.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // SAFETY: mallopt only changes the allocator's tuning parameters; it is called first thing in
     // main, before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
