@@ -151,6 +151,10 @@ pub(super) fn direct_supported(dims: &A3dConvDims) -> bool {
 /// Runs `f` inside a function compiled for the active instruction-set tier, so that the plain
 /// loops inlined into it (fusion mixing, im2col copies, `x * dz` sums) vectorise to that tier's
 /// width. The loops use separate multiplies and adds, so every tier gives the same bits.
+///
+/// Callers mark the closure `#[inline(always)]`: a closure is compiled with the features of
+/// the function that defines it, and without the attribute LLVM left a large one (the staging
+/// of a slab) as a call from these wrappers, so it ran as SSE2 code on every tier.
 #[inline(always)]
 pub(super) fn on_tier<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -229,7 +233,10 @@ pub(crate) fn forward(
                 let (out, inp) = g.out_slab(s);
                 let n = out.len();
                 if g.staged {
-                    on_tier(|| g.stage_block(x, b, fusion_weight, prologue, &inp, block, rows));
+                    on_tier(
+                        #[inline(always)]
+                        || g.stage_block(x, b, fusion_weight, prologue, &inp, block, rows),
+                    );
                 }
                 for d in 0..g.depth {
                     let src = g.conv_input(x, block, b, d, &inp);
@@ -252,7 +259,10 @@ pub(crate) fn forward(
                         (src.at(0, out.start).as_ptr(), [src.channel_stride, 1])
                     } else {
                         let col = &mut col[..g.ckk * n];
-                        on_tier(|| g.im2col(src, &out, col));
+                        on_tier(
+                            #[inline(always)]
+                            || g.im2col(src, &out, col),
+                        );
                         (col.as_ptr(), [n, 1])
                     };
                     // SAFETY: lhs is the [O, C*kh*kw] weight; rhs C*kh*kw rows of n values (the
