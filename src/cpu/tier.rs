@@ -21,6 +21,9 @@ pub(crate) trait Tier {
     /// `src` valid for reading and `dst` for writing `bytes` bytes, `bytes` a multiple of
     /// `STREAM_BYTES`, `dst` aligned to it, and the tier's features present.
     unsafe fn stream(dst: *mut u8, src: *const u8, bytes: usize);
+    /// Blocks of 16 `f32` lanes the tier's vector registers hold at once: 32 zmm, 16 ymm (two
+    /// per block), 16 xmm (four per block). Register-blocked loops size their tiles by it.
+    const LANE_BLOCKS: usize;
 }
 
 /// AVX-512 + FMA: 64-byte non-temporal stores.
@@ -33,6 +36,7 @@ impl Tier for Avx512 {
         a.mul_add(b, c)
     }
     const STREAM_BYTES: usize = 64;
+    const LANE_BLOCKS: usize = 32;
     #[inline(always)]
     unsafe fn stream(dst: *mut u8, src: *const u8, bytes: usize) {
         use std::arch::x86_64::{__m512i, _mm512_loadu_si512, _mm512_stream_si512};
@@ -58,6 +62,7 @@ impl Tier for Avx2 {
         a.mul_add(b, c)
     }
     const STREAM_BYTES: usize = 32;
+    const LANE_BLOCKS: usize = 8;
     #[inline(always)]
     unsafe fn stream(dst: *mut u8, src: *const u8, bytes: usize) {
         use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
@@ -82,6 +87,7 @@ impl Tier for Baseline {
         a * b + c
     }
     const STREAM_BYTES: usize = 16;
+    const LANE_BLOCKS: usize = 4;
     #[inline(always)]
     unsafe fn stream(dst: *mut u8, src: *const u8, bytes: usize) {
         #[cfg(target_arch = "x86_64")]

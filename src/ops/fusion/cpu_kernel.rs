@@ -120,21 +120,70 @@ fn mix_rows<F: Tier, const D: usize, O: AsMut<[f32]>>(
     }
 }
 
-/// Constant depth `D`: two input slices at a time, their `2 * D` accumulator blocks held in
-/// arrays of constant length (registers) and the `D` dy rows as an array of slices, so the
-/// pixel loop has no memory traffic but the loads of x and dy. Each accumulator sees its
-/// products in the same order as in the general path: the same bits.
+/// Constant depth `D`, with the accumulators of each pass in registers (arrays of constant
+/// length) and the `D` dy rows as an array of slices, so the pixel loop has no memory traffic
+/// but the loads of x and dy. With 32 lane blocks of registers (AVX-512) a pass takes two input
+/// slices and every dy row (`2 * D` accumulators); narrower tiers take one input slice and as
+/// many dy rows as fit beside it ([`dy_rows_per_pass`]), since `2 * D` blocks of 16 lanes would
+/// spill to the stack on every multiply-add. Each accumulator sees its products in the same
+/// order as in the general path: the same bits.
 #[inline(always)]
 fn accumulate_dw_fixed<F: Tier, const D: usize>(x: &[&[f32]], dy: &[&[f32]], acc: &mut [Lanes]) {
     let dyr: [&[f32]; D] = std::array::from_fn(|k| dy[k]);
-    let mut d = 0;
-    while d + 1 < D {
-        let (head, tail) = acc[d * D..(d + 2) * D].split_at_mut(D);
-        dw_rows::<F, D, 2>([x[d], x[d + 1]], &dyr, [head, tail]);
-        d += 2;
+    if F::LANE_BLOCKS >= 32 {
+        let mut d = 0;
+        while d + 1 < D {
+            let (head, tail) = acc[d * D..(d + 2) * D].split_at_mut(D);
+            dw_rows::<F, D, 2>([x[d], x[d + 1]], &dyr, [head, tail]);
+            d += 2;
+        }
+        if d < D {
+            dw_rows::<F, D, 1>([x[d]], &dyr, [&mut acc[d * D..(d + 1) * D]]);
+        }
+        return;
     }
-    if d < D {
-        dw_rows::<F, D, 1>([x[d]], &dyr, [&mut acc[d * D..(d + 1) * D]]);
+    let per_pass = dy_rows_per_pass(F::LANE_BLOCKS);
+    for (d, row) in acc[..D * D].chunks_exact_mut(D).enumerate() {
+        let mut k0 = 0;
+        while k0 < D {
+            let k = per_pass.min(D - k0);
+            dw_columns::<F>(x[d], &dyr[k0..k0 + k], &mut row[k0..k0 + k]);
+            k0 += k;
+        }
+    }
+}
+
+/// dy rows one pass of a single input slice can hold in registers with `blocks` lane blocks:
+/// their accumulators, the x block and the dy block being loaded (at most 6, the widest pass
+/// [`dw_columns`] has).
+const fn dy_rows_per_pass(blocks: usize) -> usize {
+    let fit = blocks.saturating_sub(2);
+    if fit == 0 {
+        1
+    } else if fit > 6 {
+        6
+    } else {
+        fit
+    }
+}
+
+/// `acc[k] += x * dy[k]` over the tile's pixels for `dy.len()` (1..=6) dy rows: one pass of
+/// [`dw_rows`] with that many rows as a constant.
+#[inline(always)]
+fn dw_columns<F: Tier>(x: &[f32], dy: &[&[f32]], acc: &mut [Lanes]) {
+    macro_rules! pass {
+        ($k:literal) => {{
+            let rows: [&[f32]; $k] = std::array::from_fn(|j| dy[j]);
+            dw_rows::<F, $k, 1>([x], &rows, [acc])
+        }};
+    }
+    match dy.len() {
+        1 => pass!(1),
+        2 => pass!(2),
+        3 => pass!(3),
+        4 => pass!(4),
+        5 => pass!(5),
+        _ => pass!(6),
     }
 }
 
@@ -643,16 +692,31 @@ mod tests {
             let x: Vec<&[f32]> = rows[..D].iter().map(|r| &r[..]).collect();
             let dy: Vec<&[f32]> = rows[D..].iter().map(|r| &r[..]).collect();
             let start = vec![[0.25f32; LANES]; D * D];
-            let (mut fixed, mut general) = (start.clone(), start);
+            let bits = |a: &[Lanes]| a.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let (mut fixed, mut general) = (start.clone(), start.clone());
             accumulate_dw::<Baseline, D>(D, &x, &dy, &mut fixed);
             accumulate_dw::<Baseline, 0>(D, &x, &dy, &mut general);
-            let bits = |a: &[Lanes]| a.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&fixed), bits(&general), "D = {D}");
+            assert_eq!(bits(&fixed), bits(&general), "baseline, D = {D}");
+            // The other tiers' blockings (their multiply-adds are fused: `f32::mul_add`, exact
+            // in software where the CPU lacks FMA).
+            #[cfg(target_arch = "x86_64")]
+            {
+                use crate::cpu::tier::{Avx2, Avx512};
+                let (mut fixed, mut general) = (start.clone(), start.clone());
+                accumulate_dw::<Avx2, D>(D, &x, &dy, &mut fixed);
+                accumulate_dw::<Avx2, 0>(D, &x, &dy, &mut general);
+                assert_eq!(bits(&fixed), bits(&general), "avx2, D = {D}");
+                let mut wide = start.clone();
+                accumulate_dw::<Avx512, D>(D, &x, &dy, &mut wide);
+                assert_eq!(bits(&wide), bits(&general), "avx512 against avx2, D = {D}");
+            }
         }
         check::<1>();
         check::<2>();
         check::<3>();
+        check::<5>();
         check::<7>();
+        check::<13>();
         check::<16>();
     }
 }
