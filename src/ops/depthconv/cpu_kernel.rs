@@ -36,12 +36,11 @@ fn lanes(s: &[f32], i: usize) -> &Lanes {
     <&Lanes>::try_from(&s[i..i + LANES]).unwrap_or(&ZERO)
 }
 
-/// Pixels of one accumulation block of [`mix_terms`] (4 KiB of f32: stays in L1).
-const BLOCK: usize = 1024;
-
 /// `out[p] = sum_i terms[i].0 * terms[i].1[p]`, terms in order (the first one multiplied, the
-/// rest multiply-added); no terms gives zeros. Works through `out` in L1-sized blocks, one
-/// plain elementwise loop per term, which the compiler vectorises without bounds checks.
+/// rest multiply-added); no terms gives zeros. Each 16-lane block of `out` is summed in a
+/// register over every term and stored once: one pass per term over an L1 block, as before,
+/// read and wrote `out` once per term, and on inputs that sit in cache those loads and stores
+/// were the pass's limit.
 #[inline(always)]
 fn mix_terms<F: Tier>(terms: &[(f32, &[f32])], out: &mut [f32]) {
     let Some((&(c0, r0), rest)) = terms.split_first() else {
@@ -49,19 +48,24 @@ fn mix_terms<F: Tier>(terms: &[(f32, &[f32])], out: &mut [f32]) {
         return;
     };
     let m = out.len();
+    let full = m / LANES * LANES;
     let mut p = 0;
-    while p < m {
-        let e = BLOCK.min(m - p);
-        let o = &mut out[p..p + e];
-        for (o, &x) in o.iter_mut().zip(&r0[p..p + e]) {
-            *o = c0 * x;
-        }
+    while p < full {
+        let first = lanes(r0, p);
+        let mut acc: Lanes = std::array::from_fn(|l| c0 * first[l]);
         for &(c, r) in rest {
-            for (o, &x) in o.iter_mut().zip(&r[p..p + e]) {
-                *o = F::mul_add(c, x, *o);
-            }
+            let v = lanes(r, p);
+            acc = std::array::from_fn(|l| F::mul_add(c, v[l], acc[l]));
         }
-        p += e;
+        out[p..p + LANES].copy_from_slice(&acc);
+        p += LANES;
+    }
+    for (o, p) in out[full..].iter_mut().zip(full..) {
+        let mut acc = c0 * r0[p];
+        for &(c, r) in rest {
+            acc = F::mul_add(c, r[p], acc);
+        }
+        *o = acc;
     }
 }
 
