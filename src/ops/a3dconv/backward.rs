@@ -85,10 +85,7 @@ fn conv_weight_gradient(
                 let (out, inp) = g.out_slab(s);
                 let n = out.len();
                 if g.staged {
-                    on_tier(
-                        #[inline(always)]
-                        || g.stage_block(x, b, fusion_weight, prologue, &inp, block, rows),
-                    );
+                    on_tier!(g.stage_block(x, b, fusion_weight, prologue, &inp, block, rows));
                 }
                 for d in 0..g.depth {
                     let src = g.conv_input(x, block, b, d, &inp);
@@ -96,10 +93,7 @@ fn conv_weight_gradient(
                         (src.at(0, out.start).as_ptr(), [1, src.channel_stride])
                     } else {
                         let col = &mut col[..g.ckk * n];
-                        on_tier(
-                            #[inline(always)]
-                            || g.im2col(src, &out, col),
-                        );
+                        on_tier!(g.im2col(src, &out, col));
                         (col.as_ptr(), [1, n])
                     };
                     // SAFETY: lhs is O rows of n pixels of dy's slice (b, d), rhs the transposed
@@ -403,10 +397,7 @@ fn input_gradients(
                     (dy_slice[px.start..].as_ptr(), [g.out_channel_stride(), 1])
                 } else {
                     let col = &mut col[..g.okk * n];
-                    on_tier(
-                        #[inline(always)]
-                        || g.gather_dy(dy_slice, &px, col),
-                    );
+                    on_tier!(g.gather_dy(dy_slice, &px, col));
                     (col.as_ptr(), [n, 1])
                 };
                 // SAFETY: lhs is the [C, O*kh*kw] rearranged weight, rhs the gather (or O
@@ -426,23 +417,18 @@ fn input_gradients(
             }
             if g.staged {
                 let dx = if want_dx { dx_ptr } else { None };
-                on_tier(
-                    #[inline(always)]
-                    || {
-                        unstage_block(
-                            g,
-                            x,
-                            b,
-                            fusion_weight,
-                            prologue,
-                            &px,
-                            block,
-                            dx,
-                            &mut sums,
-                            rows,
-                        )
-                    },
-                );
+                on_tier!(unstage_block(
+                    g,
+                    x,
+                    b,
+                    fusion_weight,
+                    prologue,
+                    &px,
+                    block,
+                    dx,
+                    &mut sums,
+                    rows,
+                ));
             }
         }
     };

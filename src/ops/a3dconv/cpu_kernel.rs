@@ -148,15 +148,28 @@ pub(super) fn direct_supported(dims: &A3dConvDims) -> bool {
         && !dims.is_pointwise()
 }
 
-/// Runs `f` inside a function compiled for the active instruction-set tier, so that the plain
-/// loops inlined into it (fusion mixing, im2col copies, `x * dz` sums) vectorise to that tier's
-/// width. The loops use separate multiplies and adds, so every tier gives the same bits.
+/// Runs the expression inside a function compiled for the active instruction-set tier, so that
+/// the plain loops inlined into it (fusion mixing, im2col copies, `x * dz` sums) vectorise to
+/// that tier's width. The loops use separate multiplies and adds, so every tier gives the same
+/// bits.
 ///
-/// Callers mark the closure `#[inline(always)]`: a closure is compiled with the features of
-/// the function that defines it, and without the attribute LLVM left a large one (the staging
-/// of a slab) as a call from these wrappers, so it ran as SSE2 code on every tier.
+/// A macro rather than a function taking a closure: a closure is compiled with the features of
+/// the function that defines it, and unless it is `#[inline(always)]` LLVM left a large one
+/// (the staging of a slab) as a call from the tier wrappers, so it ran as SSE2 code on every
+/// tier. The macro writes the attribute, so no caller can forget it.
+macro_rules! on_tier {
+    ($body:expr) => {
+        $crate::ops::a3dconv::cpu_kernel::run_on_tier(
+            #[inline(always)]
+            || $body,
+        )
+    };
+}
+pub(super) use on_tier;
+
+/// The body of [`on_tier!`]; call it only through the macro.
 #[inline(always)]
-pub(super) fn on_tier<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn run_on_tier<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
@@ -233,10 +246,7 @@ pub(crate) fn forward(
                 let (out, inp) = g.out_slab(s);
                 let n = out.len();
                 if g.staged {
-                    on_tier(
-                        #[inline(always)]
-                        || g.stage_block(x, b, fusion_weight, prologue, &inp, block, rows),
-                    );
+                    on_tier!(g.stage_block(x, b, fusion_weight, prologue, &inp, block, rows));
                 }
                 for d in 0..g.depth {
                     let src = g.conv_input(x, block, b, d, &inp);
@@ -259,10 +269,7 @@ pub(crate) fn forward(
                         (src.at(0, out.start).as_ptr(), [src.channel_stride, 1])
                     } else {
                         let col = &mut col[..g.ckk * n];
-                        on_tier(
-                            #[inline(always)]
-                            || g.im2col(src, &out, col),
-                        );
+                        on_tier!(g.im2col(src, &out, col));
                         (col.as_ptr(), [n, 1])
                     };
                     // SAFETY: lhs is the [O, C*kh*kw] weight; rhs C*kh*kw rows of n values (the
@@ -393,4 +400,37 @@ fn forward_direct(
                 }
             },
         );
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every tier-width loop enters through `on_tier!`. A direct `run_on_tier` call with a plain
+    /// closure compiles, runs and gives the same bits, so no numeric test would notice that its
+    /// loop ran as baseline code; this test does.
+    #[test]
+    fn tier_loops_enter_through_the_macro() {
+        let needle = concat!("run_on", "_tier(");
+        let sources = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("cpu_kernel.rs", include_str!("cpu_kernel.rs")),
+            ("backward.rs", include_str!("backward.rs")),
+            ("geometry.rs", include_str!("geometry.rs")),
+            ("direct.rs", include_str!("direct.rs")),
+            ("reference.rs", include_str!("reference.rs")),
+        ];
+        let calls: Vec<(&str, usize)> = sources
+            .iter()
+            .map(|(name, src)| (*name, src.matches(needle).count()))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(calls, [("cpu_kernel.rs", 1)], "only the macro may call it");
+        let macro_uses: usize = sources
+            .iter()
+            .map(|(_, s)| s.matches("on_tier!(").count())
+            .sum();
+        assert!(
+            macro_uses >= 6,
+            "the staging, im2col and gather loops use the macro"
+        );
+    }
 }

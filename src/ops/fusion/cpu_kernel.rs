@@ -156,15 +156,8 @@ fn accumulate_dw_fixed<F: Tier, const D: usize>(x: &[&[f32]], dy: &[&[f32]], acc
 /// dy rows one pass of a single input slice can hold in registers with `blocks` lane blocks:
 /// their accumulators, the x block and the dy block being loaded (at most 6, the widest pass
 /// [`dw_columns`] has).
-const fn dy_rows_per_pass(blocks: usize) -> usize {
-    let fit = blocks.saturating_sub(2);
-    if fit == 0 {
-        1
-    } else if fit > 6 {
-        6
-    } else {
-        fit
-    }
+fn dy_rows_per_pass(blocks: usize) -> usize {
+    blocks.saturating_sub(2).clamp(1, 6)
 }
 
 /// `acc[k] += x * dy[k]` over the tile's pixels for `dy.len()` (1..=6) dy rows: one pass of
@@ -510,6 +503,11 @@ fn staging(wanted: bool, depth: usize, tile: usize) -> Vec<Vec<f32>> {
 }
 
 /// Inputs of one backward launch; `x` is present when `dw` is wanted, `dx` when `dx` is.
+///
+/// Unlike the forward, the backward writes `dx` with plain stores at every size: its pass
+/// reads `2 * D` rows while it writes `D`, and on the Intel VM streaming stores of `dx` made
+/// it slower on every tier (AVX2 at D = 7: 17.0-18.1 ms against 9.2-10.0 with plain stores;
+/// bench/RESULTS.md, 2026-12-02).
 struct Backward<'a, T> {
     items: Items,
     channels: usize,
@@ -518,7 +516,6 @@ struct Backward<'a, T> {
     x: Option<&'a [T]>,
     dy: &'a [T],
     dx: Option<SharedOut<T>>,
-    stream: bool,
 }
 
 #[inline(always)]
@@ -545,10 +542,9 @@ fn backward_item<F: Tier, T: Element, const D: usize>(
     let staged = T::DTYPE != crate::DType::F32;
     let mut stage_dy = staging(staged, depth, tile);
     let mut stage_x = staging(staged && x_rows.is_some(), depth, tile);
-    // f32 with plain stores: dx is mixed straight into its rows.
-    let direct = T::DTYPE == crate::DType::F32 && !a.stream;
+    // f32: dx is mixed straight into its rows; half types are mixed into `out` and narrowed.
+    let direct = T::DTYPE == crate::DType::F32;
     let mut out = staging(dx_rows.is_some() && !direct, depth, tile);
-    let mut writer = RowWriter::<F, T>::new(a.stream, tile);
     let mut p = 0;
     while p < n {
         let m = tile.min(n - p);
@@ -569,7 +565,7 @@ fn backward_item<F: Tier, T: Element, const D: usize>(
             } else {
                 mix_rows::<F, D, _>(depth, coef, &dy, &mut out, 0);
                 for (o, row) in out.iter().zip(dx_rows.iter_mut()) {
-                    writer.write(&o[..m], &mut row[p..p + m]);
+                    T::store_f32(&o[..m], &mut row[p..p + m]);
                 }
             }
         }
@@ -579,7 +575,6 @@ fn backward_item<F: Tier, T: Element, const D: usize>(
         }
         p += m;
     }
-    writer.finish();
     if let Some(partial) = partial {
         for (slot, lanes) in partial.iter_mut().zip(&acc) {
             *slot = lanes.iter().map(|&v| v as f64).sum();
@@ -639,7 +634,6 @@ pub(crate) fn backward<T: Element>(
         coef: &coef,
         x: want_dw.then_some(x),
         dy,
-        stream: std::mem::size_of_val(dy) >= STREAM_BYTES,
         dx: dx.map(|dx| SharedOut(dx.as_mut_ptr())),
     };
     let run: fn(Isa, &Backward<'_, T>, usize, Option<&mut [f64]>) =
