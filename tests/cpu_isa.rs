@@ -207,6 +207,10 @@ fn a3dconv_prologue_equals_bn_relu_then_a3dconv_on_every_tier() {
         (4, 5, 3, 3, 1, 1, false),
         (3, 3, 4, 3, 0, 2, true),
         (7, 1, 2, 1, 0, 1, false),
+        // D = 7: the direct kernel's slabs activate their source rows once for every slice;
+        // unpadded, and padded wider than the kernel reaches (clipped source rows).
+        (5, 7, 4, 3, 0, 1, true),
+        (4, 7, 3, 3, 2, 1, true),
     ];
     for tier in Isa::ALL.into_iter().filter(|t| *t <= detected) {
         cpu::set_isa_limit(tier);

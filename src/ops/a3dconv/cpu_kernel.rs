@@ -298,8 +298,52 @@ fn forward_plan(g: &Geometry, conv_weight: &[f32]) -> DirectPlan {
     DirectPlan::forward(conv_weight, &g.conv_shape())
 }
 
+/// The input rows a slab reads, pre-activated once: `rows[((c * D + e) * n + h - first) * W..]`
+/// is `max(x[b, c, e, h] * scale[c] + shift[c], 0)` for the slab's source rows `h` (`n` of
+/// them from `first`). With fusion, every slice of the slab mixes all `D` input slices, so
+/// activating in the mixing loop would repeat the prologue `D` times per value (at D = 7 it
+/// was two thirds of the mixing's arithmetic).
+#[cfg(target_arch = "x86_64")]
+struct ActivatedRows {
+    first: usize,
+    n: usize,
+}
+
+/// Fills `out` with the slab's activated source rows (see [`ActivatedRows`]).
+///
+/// # Safety
+/// AVX-512F and FMA must be present (the loop is compiled for them, and its fused
+/// multiply-add must match `mix_row::<true>`'s).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn activate_rows(
+    g: &Geometry,
+    xb: &[f32],
+    prologue: &Affine,
+    src: &std::ops::Range<usize>,
+    out: &mut Vec<f32>,
+) -> ActivatedRows {
+    let (cn, dn, plane, w, n) = (g.channels, g.depth, g.in_plane(), g.width, src.len());
+    out.resize(cn * dn * n * w, 0.0);
+    for c in 0..cn {
+        let (s, t) = (prologue.scale[c], prologue.shift[c]);
+        for e in 0..dn {
+            let from = &xb[(c * dn + e) * plane + src.start * w..][..n * w];
+            let to = &mut out[(c * dn + e) * n * w..][..n * w];
+            for (o, v) in to.iter_mut().zip(from) {
+                *o = v.mul_add(s, t).max(0.0);
+            }
+        }
+    }
+    ActivatedRows {
+        first: src.start,
+        n,
+    }
+}
+
 /// Fills `block` with the padded planes of slice `(b, d)` (fused when `fusion_weight` is given)
-/// for output rows `r0..r0 + rows` of `plan`.
+/// for output rows `r0..r0 + rows` of `plan`. With `activated`, the fusion reads the slab's
+/// pre-activated rows from `act` instead of applying the prologue itself.
 ///
 /// # Safety
 /// AVX-512F and FMA must be present (the mixing loop is compiled for them).
@@ -316,14 +360,24 @@ unsafe fn fill_slice(
     (r0, rows): (usize, usize),
     block: &mut [f32],
     scratch: &mut Vec<f32>,
+    activated: Option<(&ActivatedRows, &[f32])>,
 ) {
     let (cn, dn, plane, w) = (g.channels, g.depth, g.in_plane(), g.width);
     let xb = &x[g.in_batch(b)..];
-    // The prologue is applied as the rows are read (once per slice that reads them): the
-    // pre-activated values never exist outside this block.
     let act = |c: usize| prologue.map(|a| (a.scale[c], a.shift[c]));
-    match fusion_weight {
-        Some(fw) => plan.fill(r0, rows, block, scratch, |c, h, dst| {
+    match (fusion_weight, activated) {
+        (Some(fw), Some((at, rows_act))) => plan.fill(r0, rows, block, scratch, |c, h, dst| {
+            mix_row::<true>(
+                dst,
+                dn,
+                |e| &rows_act[((c * dn + e) * at.n + h - at.first) * w..][..w],
+                |e| fw[(e * dn + d) * cn + c],
+                None,
+            )
+        }),
+        // Without a prologue (or without fusion, where each value is read once) the rows are
+        // read from `x` and activated as they are read.
+        (Some(fw), None) => plan.fill(r0, rows, block, scratch, |c, h, dst| {
             mix_row::<true>(
                 dst,
                 dn,
@@ -332,7 +386,7 @@ unsafe fn fill_slice(
                 act(c),
             )
         }),
-        None => plan.fill(r0, rows, block, scratch, |c, h, dst| {
+        (None, _) => plan.fill(r0, rows, block, scratch, |c, h, dst| {
             let src = &xb[(c * dn + d) * plane + h * w..][..w];
             match act(c) {
                 None => dst.copy_from_slice(src),
@@ -365,11 +419,21 @@ fn forward_direct(
         .into_par_iter()
         .with_min_len(min_tasks_per_split(g.batch * slabs))
         .for_each_init(
-            || (vec![0.0f32; block_len], Vec::new()),
-            |(block, scratch), t| {
+            || (vec![0.0f32; block_len], Vec::new(), Vec::new()),
+            |(block, scratch, act_rows), t| {
                 let (b, s) = (t / slabs, t % slabs);
                 let (out, _) = g.out_slab(s);
                 let (r0, rows) = (out.start / g.ow, out.len() / g.ow);
+                let activated = match (prologue, fusion_weight) {
+                    (Some(p), Some(_)) if g.depth > 1 => {
+                        let src = plan.source_rows(r0, rows);
+                        // SAFETY: `direct` is only set when the AVX-512 tier (F, FMA) is active.
+                        let at =
+                            unsafe { activate_rows(g, &x[g.in_batch(b)..], p, &src, act_rows) };
+                        Some(at)
+                    }
+                    _ => None,
+                };
                 for d in 0..g.depth {
                     // SAFETY: `direct` is only set when the AVX-512 tier (F, FMA) is active.
                     unsafe {
@@ -383,6 +447,7 @@ fn forward_direct(
                             (r0, rows),
                             block,
                             scratch,
+                            activated.as_ref().map(|a| (a, &act_rows[..])),
                         )
                     };
                     // SAFETY: AVX-512F is present (as above); output rows r0.. of slice (b, d), every

@@ -168,6 +168,15 @@ impl DirectPlan {
         (r >= 0 && (r as usize) < self.in_size[0]).then_some(r as usize)
     }
 
+    /// The input rows a slab of `rows` output rows from `r0` reads (what [`DirectPlan::fill`]
+    /// passes to its `row` callback), in order.
+    pub(crate) fn source_rows(&self, r0: usize, rows: usize) -> std::ops::Range<usize> {
+        let clip =
+            |r: usize| (r as isize - self.pad[0]).clamp(0, self.in_size[0] as isize) as usize;
+        let (lo, hi) = (clip(r0), clip(r0 + self.padded_rows(rows)));
+        lo..hi.max(lo)
+    }
+
     /// Fills the padded block for output rows `r0..r0 + rows` from `C` planes: `row(c, h, dst)`
     /// writes channel `c`'s input row `h` (`W` values) into `dst`; it is called once per padded
     /// row inside the input. `scratch` holds a row when negative padding clips it.
