@@ -11,18 +11,15 @@ use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
 
 use crate::config::DetectorConfig;
 
-/// `f` applied to every slice: `[B, C, D, H, W]` -> `[B * D, C, H, W]` -> `f` -> back.
-fn per_slice(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+/// `f` applied to every `(channel, slice)` plane: `[B, C, D, H, W]` viewed as `[B, C * D, H, W]`
+/// (a view of the same memory), then back to `[B, C, D, H', W']`. For the pools, which work on
+/// each plane alone: the slices need no permutation to `[B * D, C, H, W]` and back (two copies
+/// of the map per pool).
+fn per_plane(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let (b, c, d, h, w) = x.dims5()?;
-    let slices = x
-        .permute((0, 2, 1, 3, 4))?
-        .contiguous()?
-        .reshape((b * d, c, h, w))?;
-    let y = f(&slices)?;
-    let (_, c2, h2, w2) = y.dims4()?;
-    y.reshape((b, d, c2, h2, w2))?
-        .permute((0, 2, 1, 3, 4))?
-        .contiguous()
+    let y = f(&x.contiguous()?.reshape((b, c * d, h, w))?)?;
+    let (_, _, h2, w2) = y.dims4()?;
+    y.reshape((b, c, d, h2, w2))
 }
 
 fn conv_config(
@@ -203,7 +200,7 @@ impl Backbone {
         }
         // After the ReLU every value is >= 0, so zero padding equals the -inf padding of
         // MaxPool3d([1, 3, 3], [1, 2, 2], [0, 1, 1]).
-        let mut x = per_slice(&x, |s| {
+        let mut x = per_plane(&x, |s| {
             let padded = s.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
             if train {
                 max_pool_3x3_s2(&padded)
@@ -221,7 +218,7 @@ impl Backbone {
             reduced.push(reduce_z(&x, &self.reductions[i])?);
             if let Some(t) = self.transitions.get(i) {
                 let y = t.forward_with_thickness(&x, None, train)?;
-                x = per_slice(&y, |s| s.avg_pool2d(2))?;
+                x = per_plane(&y, |s| s.avg_pool2d(2))?;
             }
         }
         let mut top = self.laterals[2].forward(&reduced[2])?;
