@@ -342,8 +342,8 @@ unsafe fn activate_rows(
 }
 
 /// Fills `block` with the padded planes of slice `(b, d)` (fused when `fusion_weight` is given)
-/// for output rows `r0..r0 + rows` of `plan`. With `activated`, the fusion reads the slab's
-/// pre-activated rows from `act` instead of applying the prologue itself.
+/// for output rows `r0..r0 + rows` of `plan`. With `activated` (the slab's rows from
+/// [`activate_rows`]), the fusion reads them instead of applying the prologue itself.
 ///
 /// # Safety
 /// AVX-512F and FMA must be present (the mixing loop is compiled for them).
