@@ -67,6 +67,16 @@ struct DenseLayer {
     grow: BnReluA3dConv,
 }
 
+impl DenseLayer {
+    /// The layer's `growth` new channels for input `x`.
+    fn forward(&self, x: &Tensor, thickness: Option<&[f32]>, train: bool) -> Result<Tensor> {
+        let y = self
+            .bottleneck
+            .forward_with_thickness(x, thickness, train)?;
+        self.grow.forward_with_thickness(&y, thickness, train)
+    }
+}
+
 /// The backbone: `[B, 1, D, H, W]` (H, W multiples of 16) to `[B, fpn_channels, H/4, W/4]`.
 #[derive(Debug, Clone)]
 pub struct Backbone {
@@ -229,9 +239,7 @@ impl Backbone {
         }
         Ok(top)
     }
-}
 
-impl Backbone {
     /// One dense block as the reference runs it: each layer's output concatenated to its
     /// input (what autograd differentiates).
     fn dense_block_concatenating(
@@ -242,10 +250,7 @@ impl Backbone {
         train: bool,
     ) -> Result<Tensor> {
         for layer in layers {
-            let y = layer
-                .bottleneck
-                .forward_with_thickness(&x, thickness, train)?;
-            let y = layer.grow.forward_with_thickness(&y, thickness, train)?;
+            let y = layer.forward(&x, thickness, train)?;
             x = Tensor::cat(&[&x, &y], 1)?;
         }
         Ok(x)
@@ -271,11 +276,7 @@ impl Backbone {
         out.slice_set(&x.contiguous()?, 1, 0)?;
         let mut c = c0;
         for layer in layers {
-            let input = out.narrow(1, 0, c)?;
-            let y = layer
-                .bottleneck
-                .forward_with_thickness(&input, thickness, false)?;
-            let y = layer.grow.forward_with_thickness(&y, thickness, false)?;
+            let y = layer.forward(&out.narrow(1, 0, c)?, thickness, false)?;
             out.slice_set(&y.contiguous()?, 1, c)?;
             c += y.dim(1)?;
         }

@@ -304,7 +304,8 @@ fn forward_plan(g: &Geometry, conv_weight: &[f32]) -> DirectPlan {
 /// activating in the mixing loop would repeat the prologue `D` times per value (at D = 7 it
 /// was two thirds of the mixing's arithmetic).
 #[cfg(target_arch = "x86_64")]
-struct ActivatedRows {
+struct ActivatedRows<'a> {
+    rows: &'a [f32],
     first: usize,
     n: usize,
 }
@@ -316,13 +317,13 @@ struct ActivatedRows {
 /// multiply-add must match `mix_row::<true>`'s).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn activate_rows(
+unsafe fn activate_rows<'a>(
     g: &Geometry,
     xb: &[f32],
     prologue: &Affine,
     src: &std::ops::Range<usize>,
-    out: &mut Vec<f32>,
-) -> ActivatedRows {
+    out: &'a mut Vec<f32>,
+) -> ActivatedRows<'a> {
     let (cn, dn, plane, w, n) = (g.channels, g.depth, g.in_plane(), g.width, src.len());
     out.resize(cn * dn * n * w, 0.0);
     for c in 0..cn {
@@ -336,6 +337,7 @@ unsafe fn activate_rows(
         }
     }
     ActivatedRows {
+        rows: out,
         first: src.start,
         n,
     }
@@ -360,17 +362,17 @@ unsafe fn fill_slice(
     (r0, rows): (usize, usize),
     block: &mut [f32],
     scratch: &mut Vec<f32>,
-    activated: Option<(&ActivatedRows, &[f32])>,
+    activated: Option<&ActivatedRows<'_>>,
 ) {
     let (cn, dn, plane, w) = (g.channels, g.depth, g.in_plane(), g.width);
     let xb = &x[g.in_batch(b)..];
     let act = |c: usize| prologue.map(|a| (a.scale[c], a.shift[c]));
     match (fusion_weight, activated) {
-        (Some(fw), Some((at, rows_act))) => plan.fill(r0, rows, block, scratch, |c, h, dst| {
+        (Some(fw), Some(at)) => plan.fill(r0, rows, block, scratch, |c, h, dst| {
             mix_row::<true>(
                 dst,
                 dn,
-                |e| &rows_act[((c * dn + e) * at.n + h - at.first) * w..][..w],
+                |e| &at.rows[((c * dn + e) * at.n + h - at.first) * w..][..w],
                 |e| fw[(e * dn + d) * cn + c],
                 None,
             )
@@ -447,7 +449,7 @@ fn forward_direct(
                             (r0, rows),
                             block,
                             scratch,
-                            activated.as_ref().map(|a| (a, &act_rows[..])),
+                            activated.as_ref(),
                         )
                     };
                     // SAFETY: AVX-512F is present (as above); output rows r0.. of slice (b, d), every
