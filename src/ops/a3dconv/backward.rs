@@ -118,14 +118,18 @@ fn conv_weight_gradient(
     Ok(reduce_groups(&partials, size))
 }
 
-/// `sum a[i] * b[i]` in 16 f32 lanes, added in f64 (a fixed order).
+/// f32 lanes [`dot`] and [`sum`] accumulate in: four AVX-512 registers, four independent
+/// chains of additions (one register's chain ran at the addition's latency).
+const SUM_LANES: usize = 64;
+
+/// `sum a[i] * b[i]` in [`SUM_LANES`] f32 lanes, added in f64 (a fixed order).
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0.0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let mut lanes = [0.0f32; SUM_LANES];
+    let (ac, bc) = (a.chunks_exact(SUM_LANES), b.chunks_exact(SUM_LANES));
     let (at, bt) = (ac.remainder(), bc.remainder());
     for (x, y) in ac.zip(bc) {
-        for l in 0..16 {
+        for l in 0..SUM_LANES {
             lanes[l] += x[l] * y[l];
         }
     }
@@ -135,14 +139,14 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     lanes.iter().map(|&v| v as f64).sum()
 }
 
-/// `sum a[i]` in 16 f32 lanes, added in f64 (a fixed order).
+/// `sum a[i]` in [`SUM_LANES`] f32 lanes, added in f64 (a fixed order).
 #[inline(always)]
 fn sum(a: &[f32]) -> f64 {
-    let mut lanes = [0.0f32; 16];
-    let chunks = a.chunks_exact(16);
+    let mut lanes = [0.0f32; SUM_LANES];
+    let chunks = a.chunks_exact(SUM_LANES);
     let tail = chunks.remainder();
     for x in chunks {
-        for l in 0..16 {
+        for l in 0..SUM_LANES {
             lanes[l] += x[l];
         }
     }

@@ -87,7 +87,11 @@ fn dot_lanes<F: Tier>(a: &[f32], b: &[f32]) -> Lanes {
     let mut j = 0;
     while p + LANES <= m {
         let (x, y) = (lanes(a, p), lanes(b, p));
-        acc[j] = std::array::from_fn(|l| F::mul_add(x[l], y[l], acc[j][l]));
+        // A loop, not `std::array::from_fn`: LLVM left that call out of line here, compiled
+        // without the tier's target features.
+        for (l, s) in acc[j].iter_mut().enumerate() {
+            *s = F::mul_add(x[l], y[l], *s);
+        }
         p += LANES;
         j += 1;
     }
