@@ -64,7 +64,7 @@ const MIX_NARROW: usize = 16;
 
 /// `out[p] = sum_e coef(e) * a(src(e)[p])` over `depth` source rows, where `a(v)` is
 /// `max(v * scale + shift, 0)` with a `prologue` and `v` without: one fused output row, its
-/// sums held in registers [`MIX_WIDE`] (then [`MIX_NARROW`]) pixels at a time, so each output
+/// sums held in registers [`MIX_WIDE`] (then [`MIX_NARROW`], then one) pixels at a time, so each output
 /// value is stored once instead of once per source slice. Each pixel's products are added in
 /// the order of `e`, with fused multiply-adds when `FMA` (the direct path) and a separate
 /// multiply and add otherwise, as the loops this replaces did: the pass width changes no bit.
@@ -77,20 +77,18 @@ pub(super) fn mix_row<'a, const FMA: bool>(
     prologue: Option<(f32, f32)>,
 ) {
     let n = out.len();
-    let wide = n / MIX_WIDE * MIX_WIDE;
-    for p in (0..wide).step_by(MIX_WIDE) {
+    let mut p = 0;
+    while p + MIX_WIDE <= n {
         mix_pass::<FMA, MIX_WIDE>(&mut out[p..p + MIX_WIDE], p, depth, &src, &coef, prologue);
+        p += MIX_WIDE;
     }
-    let narrow = wide + (n - wide) / MIX_NARROW * MIX_NARROW;
-    for p in (wide..narrow).step_by(MIX_NARROW) {
+    while p + MIX_NARROW <= n {
         mix_pass::<FMA, MIX_NARROW>(&mut out[p..p + MIX_NARROW], p, depth, &src, &coef, prologue);
+        p += MIX_NARROW;
     }
-    for (p, o) in out.iter_mut().enumerate().skip(narrow) {
-        let mut acc = activate::<FMA>(src(0)[p], prologue) * coef(0);
-        for e in 1..depth {
-            acc = madd::<FMA>(activate::<FMA>(src(e)[p], prologue), coef(e), acc);
-        }
-        *o = acc;
+    while p < n {
+        mix_pass::<FMA, 1>(&mut out[p..p + 1], p, depth, &src, &coef, prologue);
+        p += 1;
     }
 }
 
